@@ -1,0 +1,118 @@
+"""The attribute vocabulary: one JSON file is the single source of truth.
+
+Everything that needs attribute names, types, synonyms or descriptions (the caption
+miner, the text encoder, the query parser, the app) reads them from here, so the
+order of attributes is the same everywhere and matches every checkpoint's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+TYPES = ("color", "material", "texture", "shape", "size", "state", "scene", "category")
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    type: str
+    synonyms: tuple[str, ...] = ()
+    description: str = ""
+    coco_attributes: tuple[str, ...] = ()
+
+    @property
+    def prompt(self) -> str:
+        """Text fed to the text encoder: the name grounded by its description."""
+        return f"{self.name}: {self.description}" if self.description else self.name
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    attributes: tuple[Attribute, ...]
+    _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        index = {a.name: i for i, a in enumerate(self.attributes)}
+        if len(index) != len(self.attributes):
+            raise ValueError("attribute names in a vocabulary must be unique")
+        object.__setattr__(self, "_index", index)
+
+    def __len__(self) -> int:
+        return len(self.attributes)
+
+    def __iter__(self):
+        return iter(self.attributes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __getitem__(self, name: str) -> Attribute:
+        return self.attributes[self._index[name]]
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.attributes]
+
+    def index(self, name: str) -> int:
+        """Position of `name` in every label vector and model output."""
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(f"unknown attribute {name!r}") from None
+
+    def of_type(self, type_: str) -> list[Attribute]:
+        return [a for a in self.attributes if a.type == type_]
+
+    def to_json(self) -> dict:
+        return {
+            "version": 1,
+            "types": list(TYPES),
+            "attributes": [
+                {
+                    "name": a.name,
+                    "type": a.type,
+                    "synonyms": list(a.synonyms),
+                    "description": a.description,
+                    "coco_attributes": list(a.coco_attributes),
+                }
+                for a in self.attributes
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Vocabulary:
+        try:
+            attrs = tuple(
+                Attribute(
+                    name=str(row["name"]),
+                    type=str(row["type"]),
+                    synonyms=tuple(row.get("synonyms", ())),
+                    description=str(row.get("description", "")),
+                    coco_attributes=tuple(row.get("coco_attributes", ())),
+                )
+                for row in data["attributes"]
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed vocabulary: missing or wrong field {e}") from None
+        bad = sorted({a.type for a in attrs} - set(TYPES))
+        if bad:
+            raise ValueError(f"malformed vocabulary: unknown attribute types {bad}")
+        return cls(attrs)
+
+
+def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
+    """The bundled vocabulary, or one from `path` (a checkpoint carries its own)."""
+    if path is None:
+        return _bundled()
+    with open(path, encoding="utf-8") as f:
+        return Vocabulary.from_json(json.load(f))
+
+
+@lru_cache(maxsize=1)
+def _bundled() -> Vocabulary:
+    text = resources.files("cocoattr").joinpath("vocab/attributes.json").read_text("utf-8")
+    return Vocabulary.from_json(json.loads(text))
