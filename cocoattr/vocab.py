@@ -23,6 +23,7 @@ class Attribute:
     synonyms: tuple[str, ...] = ()
     description: str = ""
     coco_attributes: tuple[str, ...] = ()
+    implies: tuple[str, ...] = ()  # e.g. zebra -> animal, striped: used by the miner and zero-shot
 
     @property
     def prompt(self) -> str:
@@ -78,6 +79,7 @@ class Vocabulary:
                     "synonyms": list(a.synonyms),
                     "description": a.description,
                     "coco_attributes": list(a.coco_attributes),
+                    "implies": list(a.implies),
                 }
                 for a in self.attributes
             ],
@@ -93,6 +95,7 @@ class Vocabulary:
                     synonyms=tuple(row.get("synonyms", ())),
                     description=str(row.get("description", "")),
                     coco_attributes=tuple(row.get("coco_attributes", ())),
+                    implies=tuple(row.get("implies", ())),
                 )
                 for row in data["attributes"]
             )
@@ -101,7 +104,21 @@ class Vocabulary:
         bad = sorted({a.type for a in attrs} - set(TYPES))
         if bad:
             raise ValueError(f"malformed vocabulary: unknown attribute types {bad}")
+        names = {a.name for a in attrs}
+        dangling = sorted({t for a in attrs for t in a.implies} - names)
+        if dangling:
+            raise ValueError(f"malformed vocabulary: 'implies' names unknown attributes {dangling}")
         return cls(attrs)
+
+    def closure(self, names: set[str]) -> set[str]:
+        """`names` plus everything they imply, transitively (dog -> animal, furry, ...)."""
+        out, todo = set(names), list(names)
+        while todo:
+            for implied in self[todo.pop()].implies:
+                if implied not in out:
+                    out.add(implied)
+                    todo.append(implied)
+        return out
 
 
 def load_vocabulary(path: str | Path | None = None) -> Vocabulary:

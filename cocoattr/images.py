@@ -1,0 +1,125 @@
+"""Safe image loading shared by the CLI, the index and the app.
+
+One function decides what counts as a usable image, so every entry point fails the same
+way: a `UserError` naming the file and the problem, never a Pillow traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own bomb guard is a warning at 89 MP and an error at 2x that; we make the
+# limit explicit and the message ours. 64 MP covers any camera photo.
+MAX_PIXELS = 64_000_000
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+def load_image(source: ImageInput, name: str | None = None) -> Image.Image:
+    """Decode `source` into an upright RGB PIL image, or raise `UserError`.
+
+    Accepts a path, raw bytes, a PIL image or an HxW / HxWxC uint8 array. Handles EXIF
+    rotation, palette/RGBA/CMYK/16-bit/greyscale modes, truncated and oversized files.
+    """
+    from cocoattr.errors import UserError
+
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image")
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source, label)
+    else:
+        image = _open(source, label)
+    w, h = image.size
+    if w < 1 or h < 1:
+        raise UserError(f"{label}: image has no pixels ({w}x{h})")
+    if w * h > MAX_PIXELS:
+        raise UserError(
+            f"{label}: image is too large ({w}x{h} = {w * h / 1e6:.0f} MP, limit {MAX_PIXELS / 1e6:.0f} MP)"
+        )
+    try:
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{label}: cannot decode image ({e})") from None
+
+
+def _open(source: str | os.PathLike | bytes, label: str) -> Image.Image:
+    from cocoattr.errors import UserError
+
+    if isinstance(source, bytes):
+        if not source:
+            raise UserError(f"{label}: empty file")
+        fp = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            raise UserError(f"{label}: is a directory, not an image")
+        if not path.exists():
+            raise UserError(f"{label}: no such file")
+        if path.stat().st_size == 0:
+            raise UserError(f"{label}: empty file")
+        fp = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(fp)
+            w, h = image.size
+            if w * h > MAX_PIXELS:
+                raise UserError(
+                    f"{label}: image is too large ({w}x{h} = {w * h / 1e6:.0f} MP, "
+                    f"limit {MAX_PIXELS / 1e6:.0f} MP)"
+                )
+            image.load()
+    except UserError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{label}: image is too large (decompression-bomb limit)") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{label}: not an image (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{label}: cannot decode image ({e})") from None
+    return image
+
+
+def _from_array(array: np.ndarray, label: str) -> Image.Image:
+    from cocoattr.errors import UserError
+
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise UserError(f"{label}: expected an HxW or HxWx3/4 array, got shape {array.shape}")
+    if array.size == 0:
+        raise UserError(f"{label}: image has no pixels {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Modes Pillow can't convert directly (16-bit greyscale, float) go through numpy."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under `folder` (recursive, sorted): the unit every batch job walks."""
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

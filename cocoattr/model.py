@@ -1,0 +1,155 @@
+"""AttributeModel: attribute queries cross-attend to image regions.
+
+    image -> FeatureGrid (B, C, h, w) -> token_proj -> tokens (B, N, d)
+    attribute text embeddings (A, 384) -> query_encoder -> queries (A, d)
+    8-head cross-attention(queries, tokens) -> per-attribute vectors (B, A, d), maps (B, A, h, w)
+    group classifier (one weight vector per attribute) -> logits (B, A)
+    contrastive head: image embedding vs embedding of its attribute set (InfoNCE)
+
+The attention weights, averaged over heads, are the per-attribute spatial maps (as in
+ML-Decoder): what the app shows is what the classifier used, not a post-hoc guess.
+The embedded zero-shot default is this same class with analytically set weights
+(`cocoattr.zeroshot`), so every consumer serves both through one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from torch.nn import functional as F
+
+from cocoattr.backbones import FeatureGrid
+from cocoattr.text import TEXT_DIM
+
+
+@dataclass
+class AttributeOutput:
+    """What every consumer (CLI, index, app, training) gets from a forward pass."""
+
+    logits: torch.Tensor  # (B, A)
+    maps: torch.Tensor  # (B, A, h, w), attention over image regions, sums to 1 per attribute
+    embedding: torch.Tensor  # (B, D), L2-normalised image embedding (contrastive space)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+
+class AttributeModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="cocoattr",
+    tags=["image-classification", "multi-label", "visual-attributes"],
+    repo_url="https://github.com/cocoattr/cocoattr",
+    license="apache-2.0",
+):
+    def __init__(
+        self,
+        attributes: list[str],
+        attribute_types: list[str],
+        backbone: str = "mobilenet_v2",
+        concepts: bool = True,
+        colour: bool = True,
+        image_size: int = 288,
+        dim: int = 512,
+        heads: int = 8,
+        embed_dim: int = 384,
+        temperature: float = 0.1,
+        dropout: float = 0.0,
+        kind: str = "trained",
+        description: str = "",
+    ) -> None:
+        super().__init__()
+        if len(attributes) != len(attribute_types):
+            raise ValueError("attributes and attribute_types must have the same length")
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.attributes = list(attributes)
+        self.attribute_types = list(attribute_types)
+        self.image_size = image_size
+        self.kind = kind
+        self.description = description
+        self.temperature = temperature
+        n_attr = len(attributes)
+
+        self.backbone = FeatureGrid(backbone, concepts=concepts, colour=colour)
+        grid = self._grid_size(image_size)
+        self.grid = grid
+        self.token_proj = nn.Linear(self.backbone.channels, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
+        # Attribute encoder: text embedding of "name: description" -> attention query.
+        self.register_buffer("text_embeddings", torch.zeros(n_attr, TEXT_DIM))
+        self.query_encoder = nn.Linear(TEXT_DIM, dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        # Group classifier: attribute a reads only its own attended vector.
+        self.cls_weight = nn.Parameter(torch.zeros(n_attr, dim))
+        self.cls_bias = nn.Parameter(torch.zeros(n_attr))
+        # Contrastive head: image tokens and attribute-set text live in one embed_dim space.
+        self.image_proj = nn.Linear(dim, embed_dim)
+        self.text_proj = nn.Linear(TEXT_DIM, embed_dim)
+        nn.init.normal_(self.cls_weight, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def _grid_size(self, image_size: int) -> tuple[int, int]:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, image_size, image_size)
+            h, w = self.backbone.body(x).shape[-2:]
+        return int(h), int(w)
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.attributes)
+
+    def queries(self) -> torch.Tensor:
+        return self.query_encoder(self.text_embeddings)  # (A, d)
+
+    def forward_head(self, grid: torch.Tensor) -> AttributeOutput:
+        """Head only, from a (B, C, h, w) feature grid: what the training feature cache feeds."""
+        b, _, h, w = grid.shape
+        tokens = self.token_proj(grid.flatten(2).transpose(1, 2))
+        if tokens.shape[1] == self.pos_embed.shape[1]:
+            tokens = tokens + self.pos_embed
+        q = self.queries().unsqueeze(0).expand(b, -1, -1)
+        attended, weights = self.attn(q, tokens, tokens, need_weights=True, average_attn_weights=True)
+        logits = (self.dropout(attended) * self.cls_weight).sum(-1) + self.cls_bias
+        embedding = F.normalize(self.image_proj(tokens.mean(1)), dim=-1)
+        return AttributeOutput(logits=logits, maps=weights.reshape(b, -1, h, w), embedding=embedding)
+
+    def forward(self, images: torch.Tensor) -> AttributeOutput:
+        return self.forward_head(self.backbone(images))
+
+    def embed_attribute_sets(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, A) {0,1} -> (B, D): the text side of the contrastive head (mean of member embeddings)."""
+        weights = labels.clamp_min(0).float()
+        mean = weights @ self.text_embeddings / weights.sum(1, keepdim=True).clamp_min(1.0)
+        return F.normalize(self.text_proj(mean), dim=-1)
+
+    def embed_text(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """MiniLM sentence embeddings (B, 384) -> contrastive space, for free-text search."""
+        return F.normalize(self.text_proj(text_embeddings), dim=-1)
+
+    def contrastive_loss(self, output: AttributeOutput, labels: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE between images and their attribute sets (images with no positive skipped)."""
+        keep = (labels == 1).any(1)
+        if keep.sum() < 2:
+            return output.logits.new_zeros(())
+        img = output.embedding[keep]
+        txt = self.embed_attribute_sets((labels[keep] == 1).float())
+        sim = img @ txt.T / self.temperature
+        target = torch.arange(sim.shape[0], device=sim.device)
+        return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
+
+    def _save_pretrained(self, save_directory) -> None:  # noqa: ANN001 - mixin signature
+        from cocoattr.hub import save_weights
+
+        save_weights(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, **kwargs):  # noqa: ANN206 - mixin signature
+        from cocoattr.hub import load_model
+
+        return load_model(model_id, **kwargs)
