@@ -1,0 +1,5 @@
+import sys
+
+from cocoattr.cli import main
+
+sys.exit(main())

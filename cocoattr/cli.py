@@ -1,0 +1,190 @@
+"""`python -m cocoattr ...`: one argparse entry, one subcommand per job.
+
+Handlers import their modules lazily so `--help` is instant. A `UserError` anywhere becomes
+one line on stderr and exit code 2; Ctrl-C exits 130 after whatever was finished is saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cocoattr.errors import UserError
+
+
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint folder, Hub id (user/name) or 'default'; env COCOATTR_CHECKPOINT; "
+        "else the Hub default, falling back to the embedded zero-shot default offline",
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cocoattr.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+    names = predictor.attributes
+    results, failed = [], 0
+    for path, result in predictor.predict_files(args.images):
+        if isinstance(result, UserError):
+            failed += 1
+            print(f"cocoattr: skipped {result}", file=sys.stderr)
+            continue
+        probs = {n: round(float(p), 5) for n, p in zip(names, result.probs, strict=True)}
+        results.append({"image": path, "attributes": probs})
+        if not args.json:
+            top = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
+            print(path)
+            for name, p in top:
+                print(f"  {name:<18} {p:6.3f}  {'#' * round(p * 30)}")
+    if args.json:
+        json.dump(results, sys.stdout, indent=1)
+        print()
+    if failed:
+        print(f"cocoattr: {failed} of {failed + len(results)} images failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cocoattr.evaluation import run_evaluate
+
+    return run_evaluate(args)
+
+
+def cmd_build_default(args: argparse.Namespace) -> int:
+    from cocoattr.hub import DEFAULT_DIR, notice
+    from cocoattr.zeroshot import build_default
+
+    out = Path(args.out or DEFAULT_DIR)
+    if (out / "model.safetensors").is_file() and not args.force:
+        notice(f"{out} already exists (use --force to rebuild)")
+        return 0
+    build_default(out, backbone=args.backbone)
+    notice(f"wrote {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cocoattr.train import run_train
+
+    return run_train(args)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from cocoattr.index import run_index_build
+
+    return run_index_build(args)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from cocoattr.index import run_search
+
+    return run_search(args)
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from cocoattr.data.download import run_download
+
+    return run_download(args)
+
+
+def cmd_data_mine(args: argparse.Namespace) -> int:
+    from cocoattr.data.captions import run_mine
+
+    return run_mine(args)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from cocoattr.hub import push_to_hub
+
+    print(push_to_hub(args.checkpoint, args.repo, private=args.private))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cocoattr", description="Visual attributes: predict, search, train.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="attribute probabilities for images")
+    _add_checkpoint(p)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--top-k", type=int, default=10, help="rows per image in the table (default 10)")
+    p.add_argument("--json", action="store_true", help="print every attribute's probability as JSON")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set")
+    _add_checkpoint(p)
+    p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout")
+    p.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    p.add_argument("--baseline", action="store_true", help="also score the class-posterior-averaging baseline")
+    p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("build-default", help="build the embedded zero-shot default checkpoint")
+    p.add_argument("--out", default=None, help="folder (default: checkpoints/default)")
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_build_default)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True, help="run folder (history.json, plots, report.md, checkpoint)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="resume from RUN_DIR/last if present (default: yes)")  # fmt: skip
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("index", help="retrieval index over a set of images")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="build or update an index")
+    _add_checkpoint(b)
+    b.add_argument("--images", required=True, help="folder of images, or 'gallery'")
+    b.add_argument("--out", required=True, help="index file to write")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an index with an attribute query")
+    p.add_argument("--index", required=True)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("query", nargs="+", help="e.g. 'red, furry, -indoor' or 'striped^2 animal' or free text")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("data", help="datasets: download, mine weak labels")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("download", help="download COCO / COCO Attributes files")
+    d.add_argument("names", nargs="+", help="coco-captions coco-instances coco-images-val coco-images-train coco-attributes")
+    d.add_argument("--root", required=True, type=Path)
+    d.add_argument("--base-url", default=None, help="mirror to use instead of the official hosts")
+    d.set_defaults(func=cmd_data_download)
+    m = dsub.add_parser("mine", help="mine attribute labels from COCO captions")
+    m.add_argument("--captions", required=True, type=Path)
+    m.add_argument("--labels", default=None, type=Path, help="hand labels (attributes.json) to score against")
+    m.add_argument("--out", default=None, type=Path)
+    m.set_defaults(func=cmd_data_mine)
+
+    p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--repo", required=True, help="user/name")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=cmd_push)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"cocoattr: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("cocoattr: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,127 @@
+"""Score a checkpoint (and optionally the plain baseline) on a hand-labelled image set.
+
+The baseline is the one the project measures itself against: average the ImageNet class
+posteriors over the classes whose names/glosses match an attribute. The zero-shot default
+must beat it clearly; a trained checkpoint must beat the zero-shot default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cocoattr import metrics
+from cocoattr.errors import UserError
+from cocoattr.predictor import Predictor
+
+SUMMARY_KEYS = ("mAP", "mean_per_image_auc", "macro_f1", "micro_f1", "CF1", "OF1", "n_attributes_scored")
+
+
+class PosteriorBaseline:
+    """score_a(x) = mean of p(c | x) over ImageNet classes text-matched to attribute a."""
+
+    def __init__(self, predictor: Predictor, match_threshold: float = 0.5) -> None:
+        from cocoattr.backbones import FeatureGrid
+        from cocoattr.vocab import load_vocabulary
+        from cocoattr.zeroshot import class_attribute_matrix
+
+        self.predictor = predictor
+        vocab = load_vocabulary()
+        if vocab.names != predictor.attributes:
+            raise UserError("the baseline needs a checkpoint with the bundled vocabulary")
+        matched = class_attribute_matrix(vocab) >= match_threshold  # (1000, A)
+        self.weights = torch.from_numpy(matched / np.maximum(matched.sum(0, keepdims=True), 1)).float()
+        self.grid = FeatureGrid(predictor.model.backbone.name, concepts=True).eval()
+        self.grid.load_imagenet()
+
+    @torch.inference_mode()
+    def scores(self, images: list) -> np.ndarray:
+        x = self.predictor.preprocess(images)
+        feats = self.grid.body(x).mean((2, 3))
+        posterior = torch.softmax(self.grid.classifier(feats), dim=-1)
+        return (posterior @ self.weights).numpy()
+
+
+def load_eval_set(data: str, split: str):
+    from cocoattr.data.datasets import split_of
+    from cocoattr.data.gallery import load_gallery
+
+    gallery = load_gallery(None if data == "gallery" else Path(data))
+    keep = [i for i, image_id in enumerate(gallery.image_ids) if split == "all" or split_of(image_id) == split]
+    if not keep:
+        raise UserError(f"no images in split {split!r} of {data}")
+    return [gallery.paths[i] for i in keep], gallery.labels[keep], gallery.vocab
+
+
+def score_images(predictor: Predictor, paths: list, batch_size: int = 16) -> np.ndarray:
+    from cocoattr.images import load_image
+
+    out = []
+    for start in range(0, len(paths), batch_size):
+        images = [load_image(p) for p in paths[start : start + batch_size]]
+        out.append(predictor.forward(images).probs.numpy())
+    return np.concatenate(out)
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike | None, data: str = "gallery", split: str = "all",
+                        baseline: bool = False) -> dict:  # fmt: skip
+    predictor = Predictor.from_checkpoint(checkpoint)
+    paths, labels, vocab = load_eval_set(data, split)
+    if predictor.attributes != vocab.names:
+        # A checkpoint with another vocabulary is scored on the attributes both share.
+        shared = [n for n in predictor.attributes if n in vocab]
+        cols = [vocab.index(n) for n in shared]
+        labels = labels[:, cols]
+    names = predictor.attributes
+    types = predictor.attribute_types
+    scores = score_images(predictor, paths)
+    result = {
+        "checkpoint": str(getattr(predictor.model, "source", checkpoint)),
+        "kind": predictor.model.kind,
+        "data": data,
+        "split": split,
+        "n_images": len(paths),
+        "model": metrics.evaluate(scores, labels, names, types),
+    }
+    if baseline:
+        base = PosteriorBaseline(predictor)
+        from cocoattr.images import load_image
+
+        bscores = np.concatenate(
+            [base.scores([load_image(p) for p in paths[s : s + 16]]) for s in range(0, len(paths), 16)]
+        )
+        result["baseline"] = metrics.evaluate(bscores, labels, names, types)
+    return result
+
+
+def format_table(result: dict) -> str:
+    cols = [k for k in ("model", "baseline") if k in result]
+    lines = [
+        f"{result['n_images']} images ({result['data']}, split {result['split']}), checkpoint {result['checkpoint']}",
+        f"{'metric':<22}" + "".join(f"{c:>12}" for c in cols),
+    ]
+    for key in SUMMARY_KEYS:
+        row = [result[c].get(key) for c in cols]
+        lines.append(f"{key:<22}" + "".join(f"{v:>12.4f}" if isinstance(v, float) else f"{v!s:>12}" for v in row))
+    for t, v in result["model"].get("mAP_by_type", {}).items():
+        b = result.get("baseline", {}).get("mAP_by_type", {}).get(t)
+        row = [v] + ([b] if "baseline" in result else [])
+        lines.append(f"{'mAP ' + t:<22}" + "".join(f"{x:>12.4f}" if x is not None else f"{'-':>12}" for x in row))
+    return "\n".join(lines)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline)
+    print(format_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1), "utf-8")
+        os.replace(tmp, out)
+    return 0
