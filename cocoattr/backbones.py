@@ -23,7 +23,19 @@ from cocoattr.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-COLOUR_TERMS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray")
+COLOUR_TERMS = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "pink",
+    "brown",
+    "black",
+    "white",
+    "gray",
+)
 COLOUR_CHANNELS = COLOUR_TERMS + ("brightness", "saturation")
 
 
@@ -188,7 +200,9 @@ def load_imagenet_state(name: str) -> dict[str, torch.Tensor]:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     elif spec.url is not None:
         try:
-            raw = torch.hub.load_state_dict_from_url(spec.url, map_location="cpu", progress=True, weights_only=True)
+            raw = torch.hub.load_state_dict_from_url(
+                spec.url, map_location="cpu", progress=True, weights_only=True
+            )
         except OSError as e:
             raise UserError(
                 f"ImageNet weights for {name} are not installed and could not be downloaded from "
@@ -212,9 +226,10 @@ def colour_names(rgb: torch.Tensor) -> torch.Tensor:
     delta = v - mn
     s = torch.where(v > 0, delta / v.clamp_min(1e-6), torch.zeros_like(v))
     safe = delta.clamp_min(1e-6)
-    h = torch.where(
-        v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4)
-    ) * 60.0
+    h = (
+        torch.where(v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
+        * 60.0
+    )
     achromatic = (s < 0.2) | (v < 0.2)
     terms = torch.zeros(rgb.shape[0], len(COLOUR_TERMS), *rgb.shape[2:], dtype=rgb.dtype, device=rgb.device)
     idx = {t: i for i, t in enumerate(COLOUR_TERMS)}
@@ -242,7 +257,9 @@ def colour_names(rgb: torch.Tensor) -> torch.Tensor:
 class FeatureGrid(nn.Module):
     """Image batch -> (B, C, h, w): backbone features [+ concepts] [+ colour channels]."""
 
-    def __init__(self, name: str, concepts: bool = False, colour: bool = False, concept_temperature: float = 1.0):
+    def __init__(
+        self, name: str, concepts: bool = False, colour: bool = False, concept_temperature: float = 1.0
+    ):
         super().__init__()
         spec = get_spec(name)
         self.name = name
@@ -253,8 +270,10 @@ class FeatureGrid(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self.feature_channels = spec.channels
-        self.channels = spec.channels + (classifier.out_features if concepts else 0) + (
-            len(COLOUR_CHANNELS) if colour else 0
+        self.channels = (
+            spec.channels
+            + (classifier.out_features if concepts else 0)
+            + (len(COLOUR_CHANNELS) if colour else 0)
         )
 
     def load_imagenet(self) -> None:
@@ -263,7 +282,9 @@ class FeatureGrid(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if not k.startswith(("mean", "std"))]:
-            raise RuntimeError(f"{self.name}: weights do not fit (missing {missing}, unexpected {unexpected})")
+            raise RuntimeError(
+                f"{self.name}: weights do not fit (missing {missing}, unexpected {unexpected})"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.body(x)

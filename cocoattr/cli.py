@@ -106,8 +106,19 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+_RESOURCE_NAMES = (
+    "coco-captions",
+    "coco-instances",
+    "coco-images-val",
+    "coco-images-train",
+    "coco-attributes",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cocoattr", description="Visual attributes: predict, search, train.")
+    parser = argparse.ArgumentParser(
+        prog="cocoattr", description="Visual attributes: predict, search, train."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="attribute probabilities for images")
@@ -122,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(p)
     p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout")
     p.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
-    p.add_argument("--baseline", action="store_true", help="also score the class-posterior-averaging baseline")
+    p.add_argument(
+        "--baseline", action="store_true", help="also score the class-posterior-averaging baseline"
+    )
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
@@ -158,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="datasets: download, mine weak labels")
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("download", help="download COCO / COCO Attributes files")
-    d.add_argument("names", nargs="+", help="coco-captions coco-instances coco-images-val coco-images-train coco-attributes")
+    d.add_argument("names", nargs="+", metavar="NAME", help="one or more of: " + ", ".join(_RESOURCE_NAMES))
     d.add_argument("--root", required=True, type=Path)
     d.add_argument("--base-url", default=None, help="mirror to use instead of the official hosts")
     d.set_defaults(func=cmd_data_download)
@@ -166,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--captions", required=True, type=Path)
     m.add_argument("--labels", default=None, type=Path, help="hand labels (attributes.json) to score against")
     m.add_argument("--out", default=None, type=Path)
+    m.add_argument(
+        "--min-votes", type=int, default=1, help="captions that must mention an attribute (default 1)"
+    )
     m.set_defaults(func=cmd_data_mine)
 
     p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")

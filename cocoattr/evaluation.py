@@ -23,9 +23,9 @@ SUMMARY_KEYS = ("mAP", "mean_per_image_auc", "macro_f1", "micro_f1", "CF1", "OF1
 
 
 class PosteriorBaseline:
-    """score_a(x) = mean of p(c | x) over ImageNet classes text-matched to attribute a."""
+    """score_a(x) = mean (or sum) of p(c | x) over ImageNet classes text-matched to attribute a."""
 
-    def __init__(self, predictor: Predictor, match_threshold: float = 0.5) -> None:
+    def __init__(self, predictor: Predictor, match_threshold: float = 0.5, reduce: str = "mean") -> None:
         from cocoattr.backbones import FeatureGrid
         from cocoattr.vocab import load_vocabulary
         from cocoattr.zeroshot import class_attribute_matrix
@@ -35,7 +35,8 @@ class PosteriorBaseline:
         if vocab.names != predictor.attributes:
             raise UserError("the baseline needs a checkpoint with the bundled vocabulary")
         matched = class_attribute_matrix(vocab) >= match_threshold  # (1000, A)
-        self.weights = torch.from_numpy(matched / np.maximum(matched.sum(0, keepdims=True), 1)).float()
+        norm = np.maximum(matched.sum(0, keepdims=True), 1) if reduce == "mean" else 1
+        self.weights = torch.from_numpy(matched / norm).float()
         self.grid = FeatureGrid(predictor.model.backbone.name, concepts=True).eval()
         self.grid.load_imagenet()
 
@@ -52,7 +53,9 @@ def load_eval_set(data: str, split: str):
     from cocoattr.data.gallery import load_gallery
 
     gallery = load_gallery(None if data == "gallery" else Path(data))
-    keep = [i for i, image_id in enumerate(gallery.image_ids) if split == "all" or split_of(image_id) == split]
+    keep = [
+        i for i, image_id in enumerate(gallery.image_ids) if split == "all" or split_of(image_id) == split
+    ]
     if not keep:
         raise UserError(f"no images in split {split!r} of {data}")
     return [gallery.paths[i] for i in keep], gallery.labels[keep], gallery.vocab
@@ -89,29 +92,33 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | None, data: str = "galle
         "model": metrics.evaluate(scores, labels, names, types),
     }
     if baseline:
-        base = PosteriorBaseline(predictor)
         from cocoattr.images import load_image
 
-        bscores = np.concatenate(
-            [base.scores([load_image(p) for p in paths[s : s + 16]]) for s in range(0, len(paths), 16)]
-        )
-        result["baseline"] = metrics.evaluate(bscores, labels, names, types)
+        for reduce in ("mean", "sum"):
+            base = PosteriorBaseline(predictor, reduce=reduce)
+            bscores = np.concatenate(
+                [base.scores([load_image(p) for p in paths[s : s + 16]]) for s in range(0, len(paths), 16)]
+            )
+            result[f"baseline_{reduce}"] = metrics.evaluate(bscores, labels, names, types)
     return result
 
 
 def format_table(result: dict) -> str:
-    cols = [k for k in ("model", "baseline") if k in result]
+    cols = [k for k in ("model", "baseline_mean", "baseline_sum") if k in result]
     lines = [
         f"{result['n_images']} images ({result['data']}, split {result['split']}), checkpoint {result['checkpoint']}",
-        f"{'metric':<22}" + "".join(f"{c:>12}" for c in cols),
+        f"{'metric':<22}" + "".join(f"{c:>15}" for c in cols),
     ]
     for key in SUMMARY_KEYS:
         row = [result[c].get(key) for c in cols]
-        lines.append(f"{key:<22}" + "".join(f"{v:>12.4f}" if isinstance(v, float) else f"{v!s:>12}" for v in row))
-    for t, v in result["model"].get("mAP_by_type", {}).items():
-        b = result.get("baseline", {}).get("mAP_by_type", {}).get(t)
-        row = [v] + ([b] if "baseline" in result else [])
-        lines.append(f"{'mAP ' + t:<22}" + "".join(f"{x:>12.4f}" if x is not None else f"{'-':>12}" for x in row))
+        lines.append(
+            f"{key:<22}" + "".join(f"{v:>15.4f}" if isinstance(v, float) else f"{v!s:>15}" for v in row)
+        )
+    for t in result["model"].get("mAP_by_type", {}):
+        row = [result[c]["mAP_by_type"].get(t) for c in cols]
+        lines.append(
+            f"{'mAP ' + t:<22}" + "".join(f"{x:>15.4f}" if x is not None else f"{'-':>15}" for x in row)
+        )
     return "\n".join(lines)
 
 

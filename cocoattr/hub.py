@@ -30,7 +30,7 @@ ENV_CHECKPOINT = "COCOATTR_CHECKPOINT"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / "checkpoints" / "default"
 CONFIG_KEYS = {
-    "attributes", "attribute_types", "backbone", "concepts", "colour", "image_size", "dim", "heads",
+    "attributes", "attribute_types", "backbone", "concepts", "colour", "concept_temperature", "image_size", "dim", "heads",
     "embed_dim", "temperature", "dropout", "kind", "description",
 }  # fmt: skip
 
@@ -135,7 +135,9 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> Attribut
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).split("\n\t")[1:3]
-        raise UserError(f"{folder}: config.json disagrees with model.safetensors: {'; '.join(first)}") from None
+        raise UserError(
+            f"{folder}: config.json disagrees with model.safetensors: {'; '.join(first)}"
+        ) from None
     model.source = str(folder)  # type: ignore[attr-defined]
     return model.eval()
 
@@ -214,7 +216,9 @@ def model_card(config: dict, metrics: dict | None = None, extra: str = "") -> st
         lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
-                lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+                lines.append(
+                    f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
+                )
         lines.append("")
     if extra:
         lines += [extra, ""]
@@ -222,7 +226,9 @@ def model_card(config: dict, metrics: dict | None = None, extra: str = "") -> st
     return "\n".join(lines)
 
 
-def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
+def push_to_hub(
+    folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None
+) -> str:
     """Upload a checkpoint folder to the Hub (HF_ENDPOINT is honoured); returns the commit URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -233,7 +239,9 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, 
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "metrics.json"]
+            folder_path=str(folder),
+            repo_id=repo_id,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "metrics.json"],
         )
     except (HfHubHTTPError, OSError) as e:
         raise UserError(f"could not push to the Hub repo {repo_id!r} ({e})") from None

@@ -53,6 +53,7 @@ class AttributeModel(
         backbone: str = "mobilenet_v2",
         concepts: bool = True,
         colour: bool = True,
+        concept_temperature: float = 1.0,
         image_size: int = 288,
         dim: int = 512,
         heads: int = 8,
@@ -75,7 +76,9 @@ class AttributeModel(
         self.temperature = temperature
         n_attr = len(attributes)
 
-        self.backbone = FeatureGrid(backbone, concepts=concepts, colour=colour)
+        self.backbone = FeatureGrid(
+            backbone, concepts=concepts, colour=colour, concept_temperature=concept_temperature
+        )
         grid = self._grid_size(image_size)
         self.grid = grid
         self.token_proj = nn.Linear(self.backbone.channels, dim)

@@ -82,7 +82,9 @@ class Predictor:
     def predict_one(self, image: ImageInput) -> Prediction:
         return self.predict([image])[0]
 
-    def predict_files(self, paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, Prediction | UserError]]:
+    def predict_files(
+        self, paths: Iterable[str | os.PathLike]
+    ) -> Iterator[tuple[str, Prediction | UserError]]:
         """Yield (path, prediction or the error that skipped it), in order, batching good files.
 
         A bad file never stops the batch: callers report it and carry on.

@@ -28,21 +28,28 @@ from cocoattr.vocab import Vocabulary, load_vocabulary
 # Fixed knobs of the construction (see README "Embedded default" for how they were chosen).
 KNOBS = {
     "sharpness": 8.0,  # attention logit scale on evidence in [0, 1]
-    "mix": 0.5,  # weight of the sharp (max-like) pooling vs the mean pooling
-    "scale": 8.0,  # logit = scale * (pooled evidence - offset)
-    "offset": 0.35,
+    "mix": 0.75,  # weight of the sharp (max-like) pooling vs the mean pooling
+    # logit = type_scale[t] * pooled evidence + type_bias[t], per attribute type t. Fitted by
+    # train/calibrate_default.py on the gallery (8 types x 2 numbers; 2-fold CV in the README).
+    "type_scale": {"color": 32.0, "material": 32.0, "texture": 32.0, "shape": 32.0,
+                   "size": 1.0, "state": 2.0, "scene": 8.0, "category": 1.0},
+    "type_bias": {"color": -3.0, "material": -3.0, "texture": -3.0, "shape": -3.0,
+                  "size": -2.5, "state": -3.0, "scene": -3.0, "category": -3.0},
     "lemma_match": 1.0,  # P(a|c) when a term names the class itself
     "gloss_match": 0.6,  # ... when a term appears in its gloss
     "sim_low": 0.35,  # MiniLM cosine mapped linearly from [sim_low, sim_high] to [0, sim_weight]
     "sim_high": 0.65,
     "sim_weight": 0.6,
     "implied": 0.9,  # P(implied | class) >= implied * P(a | class)
-}
+}  # fmt: skip
+# Colour attributes read the colour channels: {channel: weight, "_bias": constant}. The three
+# whole-image properties are centred so that an ordinary photo sits near zero evidence.
 COLOUR_EVIDENCE = {t: {t: 1.0} for t in COLOUR_TERMS} | {
-    "dark": {"brightness": -1.0, "_bias": 1.0},
-    "bright": {"brightness": 1.0},
-    "colorful": {"saturation": 1.5},
+    "dark": {"brightness": -1.0, "_bias": 0.35},
+    "bright": {"brightness": 1.0, "_bias": -0.6},
+    "colorful": {"saturation": 1.0, "_bias": -0.45},
 }
+GLOBAL_ATTRIBUTES = ("dark", "bright", "colorful")  # mean-pooled only: they describe the whole image
 DESCRIPTION = (
     "Embedded zero-shot default: an ImageNet MobileNetV2 with attribute knowledge derived from "
     "text (ImageNet class names and WordNet glosses matched to the vocabulary with MiniLM and "
@@ -58,9 +65,12 @@ def imagenet_classes() -> list[tuple[str, str]]:
 
     info = resources.files("timm").joinpath("data/_info")
     wnids = info.joinpath("imagenet_synsets.txt").read_text().split()
-    lemma = dict(line.split("\t", 1) for line in info.joinpath("imagenet_synset_to_lemma.txt").read_text().splitlines())
+    lemma = dict(
+        line.split("\t", 1) for line in info.joinpath("imagenet_synset_to_lemma.txt").read_text().splitlines()
+    )
     gloss = dict(
-        line.split("\t", 1) for line in info.joinpath("imagenet_synset_to_definition.txt").read_text().splitlines()
+        line.split("\t", 1)
+        for line in info.joinpath("imagenet_synset_to_definition.txt").read_text().splitlines()
     )
     return [(lemma[w].strip(), gloss.get(w, "").strip()) for w in wnids]
 
@@ -70,7 +80,9 @@ def _term_regex(term: str) -> re.Pattern:
     return re.compile(r"\b" + r"\s+".join(words) + r"(?:s|es)?\b")
 
 
-def class_attribute_matrix(vocab: Vocabulary, knobs: dict = KNOBS, use_text_encoder: bool = True) -> np.ndarray:
+def class_attribute_matrix(
+    vocab: Vocabulary, knobs: dict = KNOBS, use_text_encoder: bool = True
+) -> np.ndarray:
     """P(attribute | ImageNet class), (1000, A) in [0, 1]."""
     classes = imagenet_classes()
     lemmas = [c[0].lower().replace("_", " ") for c in classes]
@@ -112,7 +124,7 @@ def class_attribute_matrix(vocab: Vocabulary, knobs: dict = KNOBS, use_text_enco
 
 
 def build_model(vocab: Vocabulary | None = None, backbone: str = "mobilenet_v2", knobs: dict = KNOBS,
-                image_size: int = 288):  # fmt: skip
+                image_size: int = 288, concept_temperature: float = 1.0):  # fmt: skip
     """The zero-shot AttributeModel (ImageNet weights loaded, head set analytically)."""
     from cocoattr.model import AttributeModel
     from cocoattr.text import encode
@@ -128,6 +140,7 @@ def build_model(vocab: Vocabulary | None = None, backbone: str = "mobilenet_v2",
         backbone=backbone,
         concepts=True,
         colour=True,
+        concept_temperature=concept_temperature,
         image_size=image_size,
         dim=dim,
         heads=heads,
@@ -173,11 +186,13 @@ def build_model(vocab: Vocabulary | None = None, backbone: str = "mobilenet_v2",
         model.attn.in_proj_bias.zero_()
         model.attn.out_proj.weight.copy_(eye)
         model.attn.out_proj.bias.zero_()
-        # Classifier: scale * (mix * sharp + (1 - mix) * mean - offset).
-        idx = torch.arange(n_attr)
-        model.cls_weight[idx, idx] = knobs["scale"] * knobs["mix"]
-        model.cls_weight[idx, half + idx] = knobs["scale"] * (1 - knobs["mix"])
-        model.cls_bias.fill_(-knobs["scale"] * knobs["offset"])
+        # Classifier: type_scale * (mix * sharp + (1 - mix) * mean) + type_bias.
+        for j, attr in enumerate(vocab):
+            mix = 0.0 if attr.name in GLOBAL_ATTRIBUTES else knobs["mix"]
+            scale = knobs["type_scale"][attr.type]
+            model.cls_weight[j, j] = scale * mix
+            model.cls_weight[j, half + j] = scale * (1 - mix)
+            model.cls_bias[j] = knobs["type_bias"][attr.type]
         # Contrastive head: image embedding = sum_a mean-pooled evidence_a * text_a (MiniLM space).
         model.image_proj.weight[:, half : half + n_attr] = text.T
         model.text_proj.weight.copy_(torch.eye(384))

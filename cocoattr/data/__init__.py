@@ -1,0 +1,1 @@
+"""Data: downloading COCO and COCO Attributes, loading them, mining caption labels, datasets."""
