@@ -57,14 +57,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_build_default(args: argparse.Namespace) -> int:
-    from cocoattr.hub import DEFAULT_DIR, notice
+    from cocoattr.hub import DEFAULT_DIR, ensure_default, notice
     from cocoattr.zeroshot import build_default
 
-    out = Path(args.out or DEFAULT_DIR)
-    if (out / "model.safetensors").is_file() and not args.force:
-        notice(f"{out} already exists (use --force to rebuild)")
+    if args.out is None and args.backbone == "mobilenet_v2" and not args.force:
+        notice(f"embedded default is up to date in {ensure_default()}")
         return 0
-    build_default(out, backbone=args.backbone)
+    out = build_default(Path(args.out or DEFAULT_DIR), backbone=args.backbone)
     notice(f"wrote {out}")
     return 0
 

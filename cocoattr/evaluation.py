@@ -49,13 +49,11 @@ class PosteriorBaseline:
 
 
 def load_eval_set(data: str, split: str):
-    from cocoattr.data.datasets import split_of
     from cocoattr.data.gallery import load_gallery
 
     gallery = load_gallery(None if data == "gallery" else Path(data))
-    keep = [
-        i for i, image_id in enumerate(gallery.image_ids) if split == "all" or split_of(image_id) == split
-    ]
+    which = gallery.splits()  # the same split the training configs use
+    keep = [i for i, image_id in enumerate(gallery.image_ids) if split == "all" or which[image_id] == split]
     if not keep:
         raise UserError(f"no images in split {split!r} of {data}")
     return [gallery.paths[i] for i in keep], gallery.labels[keep], gallery.vocab

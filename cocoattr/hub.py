@@ -81,12 +81,27 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     return path
 
 
+def default_recipe_hash() -> str:
+    """Hash of the files that define the embedded default: a change means a rebuild."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for name in ("zeroshot.py", "model.py", "backbones.py", "vocab/attributes.json"):
+        digest.update((package / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ensure_default() -> Path:
-    """The embedded zero-shot default, built on first use (about a minute on a laptop CPU)."""
-    if not (DEFAULT_DIR / WEIGHTS_NAME).is_file():
+    """The embedded zero-shot default, built on first use (under a minute on a laptop CPU)
+    and rebuilt when the code or vocabulary that defines it has changed."""
+    stamp = DEFAULT_DIR / "recipe.txt"
+    recipe = default_recipe_hash()
+    current = (DEFAULT_DIR / WEIGHTS_NAME).is_file() and stamp.is_file() and stamp.read_text().strip() == recipe
+    if not current:
         from cocoattr.zeroshot import build_default
 
-        notice(f"building the embedded zero-shot default into {DEFAULT_DIR} (first run only)")
+        notice(f"building the embedded zero-shot default into {DEFAULT_DIR}")
         build_default(DEFAULT_DIR)
     return DEFAULT_DIR
 
@@ -244,5 +259,6 @@ def push_to_hub(
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "metrics.json"],
         )
     except (HfHubHTTPError, OSError) as e:
-        raise UserError(f"could not push to the Hub repo {repo_id!r} ({e})") from None
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise UserError(f"could not push to the Hub repo {repo_id!r} ({type(e).__name__}: {first})") from None
     return str(getattr(info, "commit_url", info))

@@ -3,7 +3,7 @@
     image -> FeatureGrid (B, C, h, w) -> token_proj -> tokens (B, N, d)
     attribute text embeddings (A, 384) -> query_encoder -> queries (A, d)
     8-head cross-attention(queries, tokens) -> per-attribute vectors (B, A, d), maps (B, A, h, w)
-    group classifier (one weight vector per attribute) -> logits (B, A)
+    group classifier (one weight vector per attribute, plus a global-pool term) -> logits (B, A)
     contrastive head: image embedding vs embedding of its attribute set (InfoNCE)
 
 The attention weights, averaged over heads, are the per-attribute spatial maps (as in
@@ -88,8 +88,10 @@ class AttributeModel(
         self.query_encoder = nn.Linear(TEXT_DIM, dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.dropout = nn.Dropout(dropout)
-        # Group classifier: attribute a reads only its own attended vector.
+        # Group classifier: attribute a reads its own attended vector, plus the mean token
+        # (global context, which attention pooling alone under-weights for scene attributes).
         self.cls_weight = nn.Parameter(torch.zeros(n_attr, dim))
+        self.cls_global = nn.Parameter(torch.zeros(n_attr, dim))
         self.cls_bias = nn.Parameter(torch.zeros(n_attr))
         # Contrastive head: image tokens and attribute-set text live in one embed_dim space.
         self.image_proj = nn.Linear(dim, embed_dim)
@@ -118,8 +120,9 @@ class AttributeModel(
             tokens = tokens + self.pos_embed
         q = self.queries().unsqueeze(0).expand(b, -1, -1)
         attended, weights = self.attn(q, tokens, tokens, need_weights=True, average_attn_weights=True)
-        logits = (self.dropout(attended) * self.cls_weight).sum(-1) + self.cls_bias
-        embedding = F.normalize(self.image_proj(tokens.mean(1)), dim=-1)
+        pooled = tokens.mean(1)
+        logits = (self.dropout(attended) * self.cls_weight).sum(-1) + pooled @ self.cls_global.T + self.cls_bias
+        embedding = F.normalize(self.image_proj(pooled), dim=-1)
         return AttributeOutput(logits=logits, maps=weights.reshape(b, -1, h, w), embedding=embedding)
 
     def forward(self, images: torch.Tensor) -> AttributeOutput:

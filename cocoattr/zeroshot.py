@@ -7,9 +7,12 @@ P(attribute | class). Colour words come from fixed colour-name channels instead.
 
 The head is then set so that, for attribute a and image region i,
     evidence_a(i) = sum_c P(a|c) p_i(c)        (or the colour fraction of region i)
-sits in token dimension a (and a copy in dimension a + 256); attribute a's query attends
-sharply over its own evidence in one head (a soft max over regions, whose weights are the
-heatmap) while the copy is mean-pooled by a uniform head; the classifier mixes the two.
+sits in token dimension a. Token dimensions 256..319 hold a rank-64 compression of all
+the evidence (colour channels exactly, class evidence by SVD), which every head uses as keys: attribute a's query attends sharply
+to the regions where its (approximate) evidence is high, and those attention weights are
+its heatmap. Values pass the exact evidence through, so the classifier reads
+    logit_a = w_attn_t * attention-pooled evidence_a + w_mean_t * mean evidence_a + bias_t
+with one (w_attn, w_mean, bias) per attribute type t: Platt scaling, train/calibrate_default.py.
 Everything is an ordinary AttributeModel weight, so training can start from it.
 """
 
@@ -28,13 +31,14 @@ from cocoattr.vocab import Vocabulary, load_vocabulary
 # Fixed knobs of the construction (see README "Embedded default" for how they were chosen).
 KNOBS = {
     "sharpness": 8.0,  # attention logit scale on evidence in [0, 1]
-    "mix": 0.75,  # weight of the sharp (max-like) pooling vs the mean pooling
-    # logit = type_scale[t] * pooled evidence + type_bias[t], per attribute type t. Fitted by
-    # train/calibrate_default.py on the gallery (8 types x 2 numbers; 2-fold CV in the README).
-    "type_scale": {"color": 32.0, "material": 32.0, "texture": 32.0, "shape": 32.0,
-                   "size": 1.0, "state": 2.0, "scene": 8.0, "category": 1.0},
-    "type_bias": {"color": -3.0, "material": -3.0, "texture": -3.0, "shape": -3.0,
-                  "size": -2.5, "state": -3.0, "scene": -3.0, "category": -3.0},
+    # logit = w_attn * attention-pooled evidence + w_mean * mean evidence + bias, one triple per
+    # attribute type: Platt scaling fitted by train/calibrate_default.py (2-fold CV in README).
+    "type_calibration": {
+        "color": [3.743, 1.411, -1.862], "material": [5.571, 4.107, -2.508],
+        "texture": [4.533, 5.255, -2.656], "shape": [2.087, 2.988, -2.486],
+        "size": [-0.645, 2.514, -1.426], "state": [3.43, 3.736, -3.532],
+        "scene": [3.332, 5.164, -3.037], "category": [3.902, 4.707, -3.911],
+    },
     "lemma_match": 1.0,  # P(a|c) when a term names the class itself
     "gloss_match": 0.6,  # ... when a term appears in its gloss
     "sim_low": 0.35,  # MiniLM cosine mapped linearly from [sim_low, sim_high] to [0, sim_weight]
@@ -154,47 +158,71 @@ def build_model(vocab: Vocabulary | None = None, backbone: str = "mobilenet_v2",
     feat_c = model.backbone.feature_channels
     n_cls = model.backbone.classifier.out_features
     colour_at = feat_c + n_cls
+    rank = dim // heads  # the compressed evidence fills exactly one head's key width
+    key_at = half  # token dims [half, half + rank) hold the compressed evidence
 
     with torch.no_grad():
+        backbone_params = {id(p) for p in model.backbone.parameters()}
         for p in model.parameters():
-            if p is not model.backbone and not any(p is q for q in model.backbone.parameters()):
+            if id(p) not in backbone_params:
                 p.zero_()
         model.text_embeddings.copy_(text)
-        # Tokens: dims a and half+a both hold evidence_a(region).
-        w = model.token_proj.weight  # (dim, C)
+        # Evidence as a linear map of the feature grid's channels: (A, C) weights + (A,) bias.
+        ev_w = torch.zeros(n_attr, model.backbone.channels)
+        ev_b = torch.zeros(n_attr)
         for j, attr in enumerate(vocab):
-            for row in (j, half + j):
-                if attr.name in COLOUR_EVIDENCE:
-                    for channel, value in COLOUR_EVIDENCE[attr.name].items():
-                        if channel == "_bias":
-                            model.token_proj.bias[row] = value
-                        else:
-                            w[row, colour_at + COLOUR_CHANNELS.index(channel)] = value
-                else:
-                    w[row, feat_c : feat_c + n_cls] = m[:, j]
-        # Queries: one-hot on the attribute's own evidence dimension, scaled so that head
-        # (a // head_dim) attends with logits sharpness * evidence; other heads see 0 -> uniform.
+            if attr.name in COLOUR_EVIDENCE:
+                for channel, value in COLOUR_EVIDENCE[attr.name].items():
+                    if channel == "_bias":
+                        ev_b[j] = value
+                    else:
+                        ev_w[j, colour_at + COLOUR_CHANNELS.index(channel)] = value
+            else:
+                ev_w[j, feat_c : feat_c + n_cls] = m[:, j]
+        # Rank-64 compression for the attention keys, in two exact-where-possible blocks:
+        # colour evidence lives in 13 channels + a constant (kept exactly); the concept block
+        # gets the top singular directions of P(a|c) (one SVD over the 1000 class channels).
+        colour_cols = list(range(colour_at, colour_at + len(COLOUR_CHANNELS)))
+        n_col = len(colour_cols) + 1  # + the constant
+        compressed = torch.zeros(rank, model.backbone.channels + 1)
+        loadings = torch.zeros(n_attr, rank)
+        for k, c in enumerate(colour_cols):
+            compressed[k, c] = 1.0
+        compressed[n_col - 1, -1] = 1.0
+        loadings[:, : n_col - 1] = ev_w[:, colour_cols]
+        loadings[:, n_col - 1] = ev_b
+        u, sv, vh = torch.linalg.svd(ev_w[:, feat_c : feat_c + n_cls], full_matrices=False)
+        k = rank - n_col
+        compressed[n_col:, feat_c : feat_c + n_cls] = sv[:k, None] * vh[:k]
+        loadings[:, n_col:] = u[:, :k]
+        model.token_proj.weight[:n_attr] = ev_w
+        model.token_proj.bias[:n_attr] = ev_b
+        model.token_proj.weight[key_at : key_at + rank] = compressed[:, :-1]
+        model.token_proj.bias[key_at : key_at + rank] = compressed[:, -1]
+        # Queries: the loadings scaled so each head's logits are sharpness * evidence_a(i).
+        # The attribute encoder is the minimum-norm linear map from text embedding to query.
         head_dim = dim // heads
         targets = torch.zeros(n_attr, dim)
-        targets[torch.arange(n_attr), torch.arange(n_attr)] = knobs["sharpness"] * head_dim**0.5
-        # Attribute encoder: the minimum-norm linear map taking each text embedding to its query.
+        targets[:, key_at : key_at + rank] = knobs["sharpness"] * head_dim**0.5 * loadings
         solution = torch.linalg.lstsq(text.double(), targets.double(), driver="gelsd").solution
         model.query_encoder.weight.copy_(solution.T.float())
-        model.query_encoder.bias.zero_()
+        # Every head: queries and keys read the compressed block; values pass tokens through.
+        select = torch.zeros(dim, dim)
+        for h in range(heads):
+            select[h * head_dim : (h + 1) * head_dim, key_at : key_at + rank] = torch.eye(rank)
         eye = torch.eye(dim)
-        model.attn.in_proj_weight.copy_(torch.cat([eye, eye, eye]))
-        model.attn.in_proj_bias.zero_()
+        model.attn.in_proj_weight.copy_(torch.cat([select, select, eye]))
         model.attn.out_proj.weight.copy_(eye)
-        model.attn.out_proj.bias.zero_()
-        # Classifier: type_scale * (mix * sharp + (1 - mix) * mean) + type_bias.
+        # Classifier: w_attn * attention-pooled + w_mean * mean-pooled evidence + bias, per type.
         for j, attr in enumerate(vocab):
-            mix = 0.0 if attr.name in GLOBAL_ATTRIBUTES else knobs["mix"]
-            scale = knobs["type_scale"][attr.type]
-            model.cls_weight[j, j] = scale * mix
-            model.cls_weight[j, half + j] = scale * (1 - mix)
-            model.cls_bias[j] = knobs["type_bias"][attr.type]
-        # Contrastive head: image embedding = sum_a mean-pooled evidence_a * text_a (MiniLM space).
-        model.image_proj.weight[:, half : half + n_attr] = text.T
+            w_attn, w_mean, bias = knobs["type_calibration"][attr.type]
+            if attr.name in GLOBAL_ATTRIBUTES:  # whole-image properties: mean pooling only
+                w_attn, w_mean = 0.0, w_attn + w_mean
+            model.cls_weight[j, j] = w_attn
+            model.cls_global[j, j] = w_mean
+            model.cls_bias[j] = bias
+        # Contrastive head: image embedding = sum_a mean evidence_a * text_a (MiniLM space).
+        model.image_proj.weight[:, :n_attr] = text.T
         model.text_proj.weight.copy_(torch.eye(384))
     return model.eval()
 
@@ -209,4 +237,8 @@ def build_default(out: str | Path, backbone: str = "mobilenet_v2") -> Path:
         "app and CLI use offline, and a starting point for training (same architecture and format).\n\n"
         f"Construction knobs: `{KNOBS}`"
     )
-    return save_checkpoint(model, out, card_extra=extra)
+    from cocoattr.hub import default_recipe_hash
+
+    folder = save_checkpoint(model, out, card_extra=extra)
+    (folder / "recipe.txt").write_text(default_recipe_hash() + "\n")
+    return folder

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from cocoattr.data.coco import read_json
 from cocoattr.errors import UserError
 from cocoattr.vocab import Vocabulary, load_vocabulary
+
+# 36 images split 0.8/0.1/0.1 would leave 3 for validation and 2 for test, so the gallery
+# uses exact counts (18 / 9 / 9), ordered by the same hash as every other split.
+GALLERY_SPLIT = (0.5, 0.25, 0.25)
+GALLERY_SPLIT_SEED = 0
 
 
 @dataclass
@@ -31,6 +36,12 @@ class Gallery:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def splits(self, fractions=GALLERY_SPLIT, seed: int = GALLERY_SPLIT_SEED) -> dict[int, str]:  # noqa: ANN001
+        """image id -> 'train' / 'val' / 'test': what training and `evaluate --split` use."""
+        from cocoattr.data.datasets import rank_split
+
+        return rank_split(self.image_ids, fractions, seed)
 
 
 def gallery_root() -> Path:
@@ -68,6 +79,17 @@ def read_hand_labels(path: Path, vocab: Vocabulary | None = None) -> dict[int, n
     return out
 
 
+def _plain_file_name(name: object, captions_path: Path) -> str:
+    """`file_name` if it is a plain relative path inside the gallery folder, else UserError: a
+    tampered captions.json must not make evaluation or training read files outside the folder."""
+    text = str(name)
+    parts = PurePosixPath(text).parts
+    if (not text or "\\" in text or "\x00" in text or text.startswith("/") or ".." in parts
+            or (parts and ":" in parts[0])):  # fmt: skip
+        raise UserError(f"{captions_path}: image file_name {text!r} points outside the gallery folder")
+    return text
+
+
 def load_gallery(
     root: Path | None = None, vocab: Vocabulary | None = None, *, check_files: bool = True
 ) -> Gallery:
@@ -87,7 +109,7 @@ def load_gallery(
         raise UserError(f"{labels_path}: labels for image ids not in {captions_path.name}: {stray[:5]}")
     ids, paths, missing = [], [], []
     for image_id in sorted(coco.imgs):
-        name = coco.imgs[image_id]["file_name"]
+        name = _plain_file_name(coco.imgs[image_id]["file_name"], captions_path)
         candidates = (root / name, root / "images" / name)
         path = next((p for p in candidates if p.is_file()), candidates[0])
         if check_files and not path.is_file():

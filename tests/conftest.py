@@ -1,0 +1,136 @@
+"""Shared pytest fixtures. Each block below belongs to one area; keep them separate."""
+
+from __future__ import annotations
+
+# ============================================================================ app fixtures
+# Used by tests/test_app.py and tests/test_app_browser.py: one app server per test session,
+# launched in a background thread on a free 127.0.0.1 port with the embedded default model
+# and a gallery index built at start-up into a temporary file (exercising that code path).
+import os
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+APP_GALLERY = Path(__file__).resolve().parent.parent / "cocoattr" / "gallery" / "images"
+APP_ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+@dataclass
+class AppServer:
+    url: str
+    demo: Any  # gradio.Blocks
+    index_file: Path
+    startup_s: float  # build_demo (model + index build) + launch, until the page is served
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_served(url: str, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def app_predictor():
+    """COCOATTR_CHECKPOINT if set, else the embedded default by name (no Hub attempt in tests)."""
+    from cocoattr.predictor import Predictor
+
+    return Predictor.from_checkpoint(os.environ.get("COCOATTR_CHECKPOINT") or "default")
+
+
+@pytest.fixture(scope="session")
+def app_server(app_predictor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """The app, serving on 127.0.0.1:<free port>; closed at the end of the session."""
+    app = pytest.importorskip("app")
+    index_file = tmp_path_factory.mktemp("app-index") / "gallery-index.npz"
+    t0 = time.perf_counter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COCOATTR_INDEX", str(index_file))
+        mp.delenv("COCOATTR_IMAGES", raising=False)
+        demo = app.build_demo(predictor=app_predictor)
+    last: Exception | None = None
+    for _ in range(5):  # the free port can be taken between probing and binding: retry
+        port = _free_port()
+        try:
+            demo.launch(
+                server_name="127.0.0.1",
+                server_port=port,
+                prevent_thread_lock=True,
+                quiet=True,
+                **app.LAUNCH_KWARGS,
+            )
+            break
+        except OSError as e:
+            last = e
+    else:
+        raise RuntimeError(f"could not bind a port for the app: {last}")
+    url = f"http://127.0.0.1:{port}/"
+    _wait_served(url)
+    server = AppServer(url, demo, index_file, time.perf_counter() - t0)
+    try:
+        yield server
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_client(app_server: AppServer, tmp_path_factory: pytest.TempPathFactory):
+    """A gradio_client.Client for the session's app server (downloads into a temp folder)."""
+    from gradio_client import Client
+
+    return Client(app_server.url, verbose=False, download_files=str(tmp_path_factory.mktemp("app-downloads")))
+
+
+@pytest.fixture(scope="session")
+def app_bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Files a user might upload by mistake: a PDF renamed .jpg, a 20000x20000 PNG (header only)."""
+    root = tmp_path_factory.mktemp("app-bad-files")
+    pdf = root / "report.jpg"
+    pdf.write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n")
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
+
+    huge = root / "huge.png"  # a valid PNG header claiming 400 MP; never decoded
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    huge.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+    return {"pdf": pdf, "huge": huge}
+
+
+@pytest.fixture(scope="session")
+def app_artifacts() -> Path:
+    """Where browser screenshots go (tests/artifacts/, gitignored)."""
+    APP_ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return APP_ARTIFACTS
+
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from test servers
+# ============================================================================ end of app fixtures

@@ -1,0 +1,183 @@
+"""The Gradio app through its named API, as a user's script (gradio_client) sees it.
+
+One server per session (tests/conftest.py `app_server`): the embedded zero-shot default and
+a gallery index built at start-up. Expectations are loose enough for a zero-shot model but
+tight enough that a broken wiring (wrong attribute order, unsorted results) fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cocoattr import viz
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+APP_GALLERY = Path(__file__).resolve().parent.parent / "cocoattr" / "gallery" / "images"
+CHELSEA = APP_GALLERY / "skimage_chelsea.jpg"
+ANIMALS = {
+    "gradio_cheetah.jpg", "gradio_cheetah1.jpg", "gradio_lion.jpg", "skimage_chelsea.jpg",
+    "scipy_raccoon.jpg", "foolbox_imagenet_00_243_bull_mastiff.jpg", "foolbox_imagenet_16_251_dalmatian.jpg",
+}  # fmt: skip
+# gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
+
+
+# ---------------------------------------------------------------------------- the API surface
+
+
+def test_named_endpoints_and_defaults(app_client) -> None:
+    api = app_client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/predict", "/heatmap", "/search"} <= set(api)
+
+    def required(name: str) -> list[str]:
+        return [p["parameter_name"] for p in api[name]["parameters"] if not p["parameter_has_default"]]
+
+    assert required("/predict") == ["image"]
+    assert required("/heatmap") == ["image"]
+    assert required("/search") == []
+    assert len(api) == 3, "UI events must stay out of the documented API"
+
+
+def test_startup_built_the_index(app_server) -> None:
+    assert app_server.index_file.is_file(), "a missing index is built at start-up"
+
+
+# ---------------------------------------------------------------------------- /predict
+
+
+def test_predict_chelsea_is_a_furry_cat(app_client, app_predictor) -> None:
+    probs = app_client.predict(handle_file(str(CHELSEA)), api_name="/predict")
+    assert list(probs) != app_predictor.attributes and set(probs) == set(app_predictor.attributes)
+    values = list(probs.values())
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert values == sorted(values, reverse=True), "highest first"
+    top10 = list(probs)[:10]
+    assert {"cat", "furry", "animal"} & set(top10), top10
+
+
+def test_predict_top_k_and_threshold(app_client) -> None:
+    top3 = app_client.predict(handle_file(str(CHELSEA)), 3, api_name="/predict")
+    assert len(top3) == 3
+    confident = app_client.predict(handle_file(str(CHELSEA)), 0, 0.9, api_name="/predict")
+    assert confident and all(v >= 0.9 for v in confident.values())
+    assert list(confident)[:3] == list(top3)
+
+
+# ---------------------------------------------------------------------------- /heatmap
+
+
+def test_heatmap_is_an_overlay_of_the_input_size(app_client) -> None:
+    original = Image.open(CHELSEA).convert("RGB")
+    out = Image.open(app_client.predict(handle_file(str(CHELSEA)), api_name="/heatmap")).convert("RGB")
+    assert out.size == original.size
+    diff = np.abs(np.asarray(out, np.int16) - np.asarray(original, np.int16))
+    assert diff.mean() > 5, "a colormap was blended over the photo"
+    furry = Image.open(
+        app_client.predict(handle_file(str(CHELSEA)), "furry", 0.8, "inferno", api_name="/heatmap")
+    ).convert("RGB")
+    assert furry.size == original.size
+    assert not np.array_equal(np.asarray(furry), np.asarray(out))
+
+
+# ---------------------------------------------------------------------------- /search
+
+
+def test_search_furry_animal_ranks_gallery_animals(app_client) -> None:
+    hits = app_client.predict("furry animal", api_name="/search")
+    assert len(hits) == 10
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert [h["rank"] for h in hits] == list(range(1, 11))
+    assert all((APP_GALLERY / h["image"]).is_file() for h in hits)
+    assert {m["attribute"] for m in hits[0]["matched"]} == {"furry", "animal"}
+    assert sum(h["image"] in ANIMALS for h in hits[:3]) >= 2, [h["image"] for h in hits[:3]]
+    assert hits[0]["caption"], "gallery hits carry their caption"
+
+
+def test_search_syntax_top_k_and_query_by_image(app_client) -> None:
+    hits = app_client.predict("kitty, -indoor", 4, api_name="/search")
+    assert len(hits) == 4
+    assert {m["attribute"] for m in hits[0]["matched"]} == {"cat", "-indoor"}
+    same = app_client.predict("", 3, handle_file(str(CHELSEA)), api_name="/search")
+    assert same[0]["image"] == CHELSEA.name, "an image is its own nearest neighbour"
+
+
+# ---------------------------------------------------------------------------- errors a user can cause
+
+
+def _assert_user_error(call, *fragments: str) -> None:
+    with pytest.raises(AppError) as info:
+        call()
+    message = str(info.value)
+    assert any(f in message for f in fragments), message
+    assert "Traceback" not in message and "/tmp/" not in message, message
+
+
+def test_errors_are_readable_and_the_app_keeps_serving(app_client, app_bad_files) -> None:
+    pdf, huge = handle_file(str(app_bad_files["pdf"])), handle_file(str(app_bad_files["huge"]))
+    _assert_user_error(lambda: app_client.predict(pdf, api_name="/predict"), "not an image")
+    _assert_user_error(lambda: app_client.predict(huge, api_name="/predict"), "too large")
+    _assert_user_error(lambda: app_client.predict(pdf, api_name="/heatmap"), "not an image")
+    _assert_user_error(
+        lambda: app_client.predict(handle_file(str(CHELSEA)), "unicornish", api_name="/heatmap"),
+        "unknown attribute",
+    )
+    _assert_user_error(lambda: app_client.predict("   ", api_name="/search"), "empty query")
+    _assert_user_error(lambda: app_client.predict("zzqxv", api_name="/search"), "nothing in the query")
+    _assert_user_error(lambda: app_client.predict("", 5, pdf, api_name="/search"), "not an image")
+    probs = app_client.predict(handle_file(str(CHELSEA)), 5, api_name="/predict")
+    assert len(probs) == 5, "still serving after the errors"
+
+
+# ---------------------------------------------------------------------------- the About panel
+
+
+def test_about_names_the_zero_shot_default(app_predictor, app_server) -> None:
+    import app
+    from cocoattr.index import Index
+
+    text = app._about(app_predictor, Index.load(app_server.index_file))
+    assert f"{app_predictor.model.kind} model" in text
+    assert f"{len(app_predictor.attributes)} attributes in 8 types" in text and "36 images" in text
+    if app_predictor.model.kind == "zero-shot":
+        assert "This is a **zero-shot** model" in text
+
+
+# ---------------------------------------------------------------------------- cocoattr.viz
+
+
+def test_overlay_keeps_size_and_follows_the_map() -> None:
+    image = Image.new("RGB", (120, 80), (128, 128, 128))
+    attn = np.zeros((9, 9), np.float32)
+    attn[0, 0] = 1.0  # all attention in the top-left cell
+    out = np.asarray(viz.overlay(image, attn, opacity=1.0, cmap="jet"), np.int16)
+    assert out.shape == (80, 120, 3)
+    hot, cold = out[2, 2], out[-2, -2]
+    assert hot[0] > hot[2] and cold[2] > cold[0], "jet: red where attended, blue elsewhere"
+    clear = viz.overlay(image, attn, opacity=0.0)
+    assert np.array_equal(np.asarray(clear), np.asarray(image))
+
+
+def test_upsample_map_is_normalised_and_handles_flat_maps() -> None:
+    field = viz.upsample_map(np.random.default_rng(0).random((9, 9)), (50, 30))
+    assert field.shape == (30, 50) and 0.0 <= field.min() and field.max() <= 1.0 and field.max() > 0.9
+    assert not viz.upsample_map(np.full((9, 9), 1 / 81), (10, 10)).any()
+    with pytest.raises(ValueError, match="colormap"):
+        viz.overlay(Image.new("RGB", (4, 4)), np.ones((2, 2)), cmap="no-such-map")
+
+
+def test_bars_by_type_groups_sorts_and_thresholds() -> None:
+    names = ["red", "blue", "wooden", "cat", "dog"]
+    types = ["color", "color", "material", "category", "category"]
+    probs = np.array([0.2, 0.9, 0.05, 0.7, 0.8])
+    bars = viz.bars_by_type(probs, names, types, top_k=1, threshold=0.1)
+    assert list(bars) == ["color", "material", "category"]
+    assert bars == {"color": {"blue": 0.9}, "material": {}, "category": {"dog": 0.8}}
+    assert viz.top_attributes(probs, names, 2) == [("blue", 0.9), ("dog", 0.8)]

@@ -1,0 +1,60 @@
+"""The CLI as a user runs it: JSON output, readable tables, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cocoattr.data.gallery import gallery_root
+from cocoattr.hub import ensure_default
+
+ROOT = Path(__file__).resolve().parent.parent
+CAT = str(gallery_root() / "images" / "skimage_chelsea.jpg")
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "COCOATTR_CHECKPOINT": "default"} | (env or {})
+    return subprocess.run([sys.executable, "-m", "cocoattr", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def default_built():
+    ensure_default()
+
+
+def test_predict_json_has_every_attribute_and_sensible_top():
+    proc = run("predict", "--json", CAT)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    assert row["image"] == CAT and len(row["attributes"]) >= 150
+    top = sorted(row["attributes"], key=row["attributes"].get, reverse=True)[:10]
+    assert {"cat", "furry", "animal"} & set(top)
+    assert all(0.0 <= p <= 1.0 for p in row["attributes"].values())
+
+
+def test_predict_table_shows_top_k():
+    proc = run("predict", "--top-k", "3", CAT)
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == CAT and len(lines) == 4
+
+
+def test_bad_file_is_skipped_and_reported(tmp_path):
+    bad = tmp_path / "report.jpg"
+    bad.write_bytes(b"%PDF-1.4 definitely not a jpeg")
+    proc = run("predict", "--json", str(bad), CAT)
+    assert proc.returncode == 1
+    assert [r["image"] for r in json.loads(proc.stdout)] == [CAT]
+    assert "report.jpg" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_checkpoint_is_one_line_error():
+    proc = run("predict", "--checkpoint", "./no/such/dir", CAT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("cocoattr: error:") and "Traceback" not in proc.stderr

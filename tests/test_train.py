@@ -1,0 +1,223 @@
+"""The training loop on the real gallery, kept small: 128 px input (4x4 grid), a fresh head on the
+ImageNet backbone, frozen backbone + a feature cache shared by all runs of this module.
+
+Runs go through subprocesses (`python -m cocoattr train`, `torchrun`) so that a SIGKILL is a real
+crash and every run sees the same environment (thread count included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from cocoattr.data.datasets import rank_split
+from cocoattr.errors import UserError
+from cocoattr.train import config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+EPOCHS = 10
+# DDP vs one process: same global batch and data order, label loss normalised globally, but the
+# contrastive term sees only each rank's half batch and float sums run in another order.
+DDP_MAP_TOLERANCE = 0.03  # observed: at most 0.016 over 10 epochs
+
+
+def tiny_config(cache_dir: Path, **overrides) -> dict:
+    cfg = {
+        "data": {"source": "gallery", "train_labels": "captions", "eval_labels": "hand"},
+        "init": "imagenet",
+        "image_size": 128,
+        "epochs": EPOCHS,
+        "batch_size": 6,
+        "lr": 1.0e-3,
+        "weight_decay": 0.0,
+        "warmup_epochs": 1,
+        "loss": "asl",
+        "unknown_weight": 0.05,
+        "feature_cache": True,
+        "cache_dir": str(cache_dir),
+        "early_stop_patience": 0,
+        "checkpoint_every_steps": 1,
+        "seed": 3,
+        "threads": 1,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg), "utf-8")
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def train_cmd(config: Path, out: Path) -> list[str]:
+    return [PY, "-m", "cocoattr", "train", "--config", str(config), "--out", str(out)]
+
+
+def run(cmd: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def history(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def reference(work: Path) -> Path:
+    """One uninterrupted single-process run (also fills the shared feature cache)."""
+    out = work / "reference"
+    run(train_cmd(write_config(work / "tiny.yaml", tiny_config(work / "cache")), out))
+    return out
+
+
+def test_gallery_run_learns(reference: Path) -> None:
+    h = history(reference)
+    assert [r["epoch"] for r in h] == list(range(EPOCHS + 1))  # epoch 0 = the starting model
+    assert h[-1]["train_loss"] < 0.7 * h[1]["train_loss"]
+    # Hand-labelled held-out images, trained on caption-mined labels of other images.
+    assert h[-1]["val_mAP"] > h[0]["val_mAP"] + 0.03 and h[-1]["val_mAP"] > h[1]["val_mAP"]
+    assert max(r["val_mAP"] for r in h[2:]) > h[1]["val_mAP"]
+    for name in ("report.md", "curves.png", "ap_bars.png", "metrics.json", "config.yaml"):
+        assert (reference / name).is_file(), name
+    metrics = json.loads((reference / "checkpoint" / "metrics.json").read_text())
+    assert metrics["best_epoch"] >= 1 and len(metrics["thresholds"]) == 212
+    assert metrics["n_train"] == 18 and metrics["n_val"] == 9 and metrics["n_test"] == 9
+
+
+def test_checkpoint_loads_and_predicts(reference: Path) -> None:
+    from cocoattr.cli import main
+    from cocoattr.data.gallery import load_gallery
+    from cocoattr.hub import load_model
+    from cocoattr.predictor import Predictor
+
+    model = load_model(reference / "checkpoint")
+    assert model.kind == "trained" and model.image_size == 128
+    image = load_gallery().paths[0]
+    pred = Predictor(model).predict([image])[0]
+    assert pred.probs.shape == (212,) and np.isfinite(pred.probs).all()
+    assert main(["predict", "--checkpoint", str(reference / "checkpoint"), "--json", str(image)]) == 0
+
+
+def test_kill_and_resume_matches_uninterrupted(work: Path, reference: Path) -> None:
+    out = work / "killed"
+    config = write_config(work / "tiny.yaml", tiny_config(work / "cache"))
+    proc = subprocess.Popen(train_cmd(config, out), cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "last" / "state.pt").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    state = torch.load(out / "last" / "state.pt", weights_only=True)
+    steps_per_epoch = 3  # 18 training images, batch 6
+    assert state["step"] < EPOCHS * steps_per_epoch
+    assert not (out / "report.md").exists()
+
+    run(train_cmd(config, out))  # resumes from RUN_DIR/last
+    a, b = history(reference), history(out)
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a[1:], b[1:], strict=True):
+        assert ra["step"] == rb["step"]
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5, abs=1e-7)
+        assert ra["val_mAP"] == pytest.approx(rb["val_mAP"], abs=1e-6)
+    wa = load_file(str(reference / "checkpoint" / "model.safetensors"))
+    wb = load_file(str(out / "checkpoint" / "model.safetensors"))
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(PY).parent)) is None, reason="torchrun not installed"
+)
+def test_torchrun_two_processes_matches_single(work: Path, reference: Path) -> None:
+    out = work / "ddp"
+    config = write_config(work / "ddp.yaml", tiny_config(work / "cache", checkpoint_every_steps=0))
+    torchrun = str(Path(PY).parent / "torchrun")
+    run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "train/train.py",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+        ]
+    )
+    a, b = history(reference), history(out)
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    assert [r["step"] for r in a] == [r["step"] for r in b]  # same global batch, same step count
+    assert b[0]["val_mAP"] == pytest.approx(a[0]["val_mAP"], abs=1e-6)  # same start, scores all-gathered
+    for ra, rb in zip(a[1:], b[1:], strict=True):
+        assert abs(ra["val_mAP"] - rb["val_mAP"]) < DDP_MAP_TOLERANCE
+        # The contrastive term of a half batch is smaller (fewer negatives), so compare the label loss;
+        # the two trajectories drift apart slowly, so late epochs get an absolute tolerance.
+        assert rb["train_label_loss"] == pytest.approx(ra["train_label_loss"], abs=0.03), (a, b)
+    assert b[1]["train_label_loss"] == pytest.approx(a[1]["train_label_loss"], rel=0.05)
+    assert (out / "checkpoint" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"epoch": 3}, "'epoch'"),
+        ({"epochs": "ten"}, "'epochs'"),
+        ({"lr": True}, "'lr'"),
+        ({"data": {"sorce": "gallery"}}, "'data.sorce'"),
+        ({"data": {"split": [0.5, "a", 0.5]}}, "'data.split'"),
+        ({"loss": "hinge"}, "'loss'"),
+        ({"feature_cache": True, "finetune_stages": 2}, "'feature_cache'"),
+        ({"data": {"source": "coco_captions", "train_labels": "hand"}}, "'data.train_labels"),
+    ],
+)
+def test_bad_config_names_the_key(raw: dict, key: str) -> None:
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        config_from_dict(raw)
+
+
+def test_bad_config_file_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cocoattr.cli import main
+
+    bad = write_config(tmp_path / "bad.yaml", {"epochs": 2, "batch_sise": 4})
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert "batch_sise" in capsys.readouterr().err
+
+
+def test_shipped_configs_are_valid() -> None:
+    for path in sorted((ROOT / "train" / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+def test_gallery_split_exact_counts() -> None:
+    from cocoattr.data.gallery import load_gallery
+
+    ids = load_gallery().image_ids
+    split = rank_split(ids, (0.5, 0.25, 0.25), 0)
+    counts = {s: list(split.values()).count(s) for s in ("train", "val", "test")}
+    assert counts == {"train": 18, "val": 9, "test": 9}
+    assert rank_split(list(reversed(ids)), (0.5, 0.25, 0.25), 0) == split  # order-independent

@@ -1,0 +1,68 @@
+"""The embedded default: built from text and ImageNet only, it must beat the plain baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cocoattr.evaluation import evaluate_checkpoint
+from cocoattr.hub import ensure_default, read_config
+from cocoattr.predictor import Predictor
+from cocoattr.zeroshot import class_attribute_matrix, imagenet_classes
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.from_checkpoint(ensure_default())
+
+
+def test_default_is_a_regular_checkpoint():
+    config = read_config(ensure_default())
+    assert config["kind"] == "zero-shot" and config["heads"] == 8 and len(config["attributes"]) >= 150
+    assert "zero-shot" in (ensure_default() / "README.md").read_text()
+
+
+def test_class_knowledge_from_text():
+    from cocoattr.vocab import load_vocabulary
+
+    vocab = load_vocabulary()
+    m = class_attribute_matrix(vocab, use_text_encoder=False)
+    classes = [lemma for lemma, _ in imagenet_classes()]
+    tabby = next(i for i, c in enumerate(classes) if c.startswith("tabby"))
+    zebra = next(i for i, c in enumerate(classes) if c.startswith("zebra"))
+    for cls, attrs in ((tabby, ("cat", "animal", "furry")), (zebra, ("zebra", "striped", "animal"))):
+        for a in attrs:
+            assert m[cls, vocab.index(a)] >= 0.5, (classes[cls], a)
+    assert m[tabby, vocab.index("vehicle")] == 0
+
+
+def test_colour_maps_point_at_the_colour(predictor):
+    # Left half red, right half blue: each colour's attention must sit on its own half.
+    arr = np.zeros((288, 288, 3), np.uint8)
+    arr[:, :144] = (220, 20, 20)
+    arr[:, 144:] = (20, 40, 220)
+    pred = predictor.predict_one(Image.fromarray(arr))
+    names = predictor.attributes
+    red, blue = pred.maps[names.index("red")], pred.maps[names.index("blue")]
+    w = red.shape[1]
+    assert red[:, : w // 2].sum() > 0.8 * red.sum()
+    assert blue[:, (w + 1) // 2 :].sum() > 0.8 * blue.sum()
+    assert pred.probs[names.index("red")] > 0.5 and pred.probs[names.index("green")] < 0.5
+
+
+def test_a_real_cat_photo(predictor):
+    from cocoattr.data.gallery import gallery_root
+
+    pred = predictor.predict_one(gallery_root() / "images" / "skimage_chelsea.jpg")
+    top = {predictor.attributes[i] for i in np.argsort(-pred.probs)[:15]}
+    assert {"cat", "animal", "furry"} & top
+
+
+@pytest.mark.slow
+def test_default_beats_the_posterior_baseline_on_the_gallery():
+    result = evaluate_checkpoint("default", baseline=True)
+    model, base = result["model"], result["baseline_mean"]
+    assert model["mean_per_image_auc"] > 0.8
+    assert model["mean_per_image_auc"] > base["mean_per_image_auc"] + 0.1
+    assert model["mAP"] > base["mAP"] + 0.03
