@@ -57,7 +57,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_build_default(args: argparse.Namespace) -> int:
-    from cocoattr.hub import DEFAULT_DIR, ensure_default, notice
+    from cocoattr.errors import notice
+    from cocoattr.hub import DEFAULT_DIR, ensure_default
     from cocoattr.zeroshot import build_default
 
     if args.out is None and args.backbone == "mobilenet_v2" and not args.force:

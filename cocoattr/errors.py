@@ -1,11 +1,19 @@
-"""The one exception type for problems a user can fix.
+"""How problems and notices reach the user.
 
 The CLI and the app catch `UserError` and show its message alone (no traceback) with a
-non-zero exit code; anything else is a bug and keeps its traceback.
+non-zero exit code; anything else is a bug and keeps its traceback. `notice` is the one
+way to tell the user something on the side (a fallback, a rebuild, a skipped file).
 """
+
+import sys
 
 
 class UserError(Exception):
     """Bad input, a missing file, no network...: something the user can act on."""
 
     exit_code = 2
+
+
+def notice(message: str) -> None:
+    """One line on stderr, so that --json output on stdout stays clean."""
+    print(f"cocoattr: {message}", file=sys.stderr, flush=True)

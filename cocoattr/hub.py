@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cocoattr.errors import UserError
+from cocoattr.errors import UserError, notice
 
 if TYPE_CHECKING:
     from cocoattr.model import AttributeModel
@@ -33,11 +32,6 @@ CONFIG_KEYS = {
     "attributes", "attribute_types", "backbone", "concepts", "colour", "concept_temperature", "image_size", "dim", "heads",
     "embed_dim", "temperature", "dropout", "kind", "description",
 }  # fmt: skip
-
-
-def notice(message: str) -> None:
-    """One-line notices (fallbacks, builds) go to stderr so --json output stays clean."""
-    print(f"cocoattr: {message}", file=sys.stderr, flush=True)
 
 
 def resolve_checkpoint(source: str | os.PathLike | None = None) -> Path:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from cocoattr.errors import UserError
+from cocoattr.errors import UserError, notice
 from cocoattr.query import Query, Term, parse_query, score_terms
 
 if TYPE_CHECKING:
@@ -44,10 +44,6 @@ SAVE_EVERY = 500  # images between partial saves during a build
 ENV_SAVE_EVERY = "COCOATTR_INDEX_SAVE_EVERY"
 FAISS_MIN_ITEMS = 50_000  # "auto" uses FAISS above this many images (exact numpy below)
 GALLERY = "gallery"
-
-
-def notice(message: str) -> None:
-    print(f"cocoattr: {message}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- the index

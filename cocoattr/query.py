@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cocoattr.data.captions import lemma
 from cocoattr.errors import UserError
 from cocoattr.vocab import Vocabulary, load_vocabulary
 
@@ -163,16 +164,6 @@ def _tokenise(chunk: str, warnings: list[str]) -> list[_Token]:
     return out
 
 
-def _singular(word: str) -> list[str]:
-    if word.endswith("ies") and len(word) > 4:
-        return [word[:-3] + "y"]
-    if word.endswith("es") and len(word) > 3:
-        return [word[:-2], word[:-1]]
-    if word.endswith("s") and len(word) > 3:
-        return [word[:-1]]
-    return []
-
-
 class _Nearest:
     """Unknown word -> nearest attributes: difflib for typos, MiniLM for meaning, difflib fallback."""
 
@@ -271,7 +262,7 @@ def parse_query(
                 phrase = " ".join(t.word for t in group)
                 hit = table.get(phrase)
                 if hit is None and n == 1:
-                    hit = next((table[s] for s in _singular(phrase) if s in table), None)
+                    hit = table.get(lemma(phrase))
                 if hit is None:
                     continue
                 names, how = hit
