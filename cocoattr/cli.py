@@ -106,11 +106,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-_RESOURCE_NAMES = (
+_RESOURCE_NAMES = (  # listed here so `--help` imports no downloader; a test checks it against RESOURCES
     "coco-captions",
     "coco-instances",
     "coco-images-val",
     "coco-images-train",
+    "coco-images-val2014",
+    "coco-images-train2014",
     "coco-attributes",
 )
 

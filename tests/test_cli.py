@@ -58,3 +58,10 @@ def test_unknown_checkpoint_is_one_line_error():
     proc = run("predict", "--checkpoint", "./no/such/dir", CAT)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("cocoattr: error:") and "Traceback" not in proc.stderr
+
+
+def test_download_names_in_help_match_the_registry():
+    from cocoattr.cli import _RESOURCE_NAMES
+    from cocoattr.data.download import RESOURCES
+
+    assert _RESOURCE_NAMES == tuple(RESOURCES)
