@@ -118,6 +118,8 @@ class AttributeModel(
         tokens = self.token_proj(grid.flatten(2).transpose(1, 2))
         if tokens.shape[1] == self.pos_embed.shape[1]:
             tokens = tokens + self.pos_embed
+        if not self.training and not torch.is_grad_enabled():
+            return self._inference_head(tokens, h, w)
         q = self.queries().unsqueeze(0).expand(b, -1, -1)
         attended, weights = self.attn(q, tokens, tokens, need_weights=True, average_attn_weights=True)
         pooled = tokens.mean(1)
@@ -127,6 +129,39 @@ class AttributeModel(
 
     def forward(self, images: torch.Tensor) -> AttributeOutput:
         return self.forward_head(self.backbone(images))
+
+    def _inference_head(self, tokens: torch.Tensor, h: int, w: int) -> AttributeOutput:
+        """The same function as the training path, with the image-independent work done once:
+        projected queries are cached, and the attention's output projection is folded into the
+        classifier (logit = c . (W_o x + b_o) = (W_o^T c) . x + c . b_o). Numerically equal
+        up to float rounding (tests/test_model.py checks it)."""
+        heads = self.attn.num_heads
+        b, n, d = tokens.shape
+        q, wk, bk, wv, bv, cls_eff, bias_eff = self._inference_constants()
+        k = (tokens @ wk.T + bk).view(b, n, heads, d // heads).transpose(1, 2)  # (B, H, N, dh)
+        v = (tokens @ wv.T + bv).view(b, n, heads, d // heads).transpose(1, 2)
+        weights = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (B, H, A, N)
+        attended = (weights @ v).transpose(1, 2).reshape(b, -1, d)  # (B, A, d)
+        pooled = tokens.mean(1)
+        logits = (attended * cls_eff).sum(-1) + pooled @ self.cls_global.T + bias_eff
+        embedding = F.normalize(self.image_proj(pooled), dim=-1)
+        return AttributeOutput(logits=logits, maps=weights.mean(1).reshape(b, -1, h, w), embedding=embedding)
+
+    def _inference_constants(self) -> tuple[torch.Tensor, ...]:
+        sources = (self.text_embeddings, self.query_encoder.weight, self.query_encoder.bias,
+                   self.attn.in_proj_weight, self.attn.in_proj_bias, self.attn.out_proj.weight,
+                   self.attn.out_proj.bias, self.cls_weight, self.cls_bias)  # fmt: skip
+        key = tuple((id(t), t._version) for t in sources)
+        cached = getattr(self, "_constants", None)
+        if cached is None or cached[0] != key:
+            heads, d = self.attn.num_heads, self.attn.embed_dim
+            wq, wk, wv = self.attn.in_proj_weight.chunk(3)
+            bq, bk, bv = self.attn.in_proj_bias.chunk(3)
+            q = (self.queries() @ wq.T + bq).view(-1, heads, d // heads).transpose(0, 1) / (d // heads) ** 0.5
+            cls_eff = self.cls_weight @ self.attn.out_proj.weight
+            bias_eff = self.cls_bias + self.cls_weight @ self.attn.out_proj.bias
+            self._constants = (key, (q, wk, bk, wv, bv, cls_eff, bias_eff))
+        return self._constants[1]
 
     def embed_attribute_sets(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, A) {0,1} -> (B, D): the text side of the contrastive head (mean of member embeddings)."""

@@ -7,6 +7,7 @@ same everywhere. Preprocessing squashes the whole image to the model's square in
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,10 +15,33 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from cocoattr.errors import UserError
 from cocoattr.images import ImageInput, load_image
 from cocoattr.model import AttributeModel, AttributeOutput
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in an nn.Sequential into
+    that conv (in place; returns `module`). Same function up to float rounding, one op fewer per
+    layer: on CPU the unfused BatchNorm was ~15% of MobileNetV2's time. Subclasses of
+    BatchNorm2d (e.g. timm's BatchNormAct2d, which also applies an activation) are left alone."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:], strict=False):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if (
+                type(conv) is nn.Conv2d
+                and type(bn) is nn.BatchNorm2d
+                and bn.running_mean is not None
+                and not (conv.training or bn.training)
+            ):
+                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = nn.Identity()
+    return module
 
 
 @dataclass
@@ -39,6 +63,7 @@ class Predictor:
         self.size = model.image_size
         self.mean = spec.mean.view(3, 1, 1).numpy()
         self.std = spec.std.view(3, 1, 1).numpy()
+        self._fast: tuple[tuple, nn.Module] | None = None  # (weights' versions, inference backbone)
 
     @classmethod
     def from_checkpoint(cls, source: str | os.PathLike | None = None, **kwargs) -> Predictor:
@@ -58,20 +83,31 @@ class Predictor:
         """RGB PIL images -> normalised (B, 3, S, S) float tensor."""
         batch = np.empty((len(images), 3, self.size, self.size), np.float32)
         for i, image in enumerate(images):
-            if image.width * image.height > 4 * self.size * self.size:
-                image = image.copy()
-                image.draft("RGB", (2 * self.size, 2 * self.size))  # fast JPEG downscale on decode
             resized = image.resize((self.size, self.size), Image.BILINEAR, reducing_gap=3.0)
             batch[i] = np.asarray(resized, np.float32).transpose(2, 0, 1) / 255.0
         return torch.from_numpy((batch - self.mean) / self.std)
 
+    def inference_backbone(self) -> nn.Module:
+        """`model.backbone` prepared for CPU inference: a copy (the model itself is untouched) with
+        BatchNorm folded into the convolutions and channels_last weights, ~2-3x faster than eager
+        NCHW on 2 cores. Rebuilt if the model's backbone weights are changed in place."""
+        backbone = self.model.backbone
+        tensors = [*backbone.parameters(), *backbone.buffers()]
+        key = (id(backbone), *(t._version for t in tensors), *(t.data_ptr() for t in tensors))
+        if self._fast is None or self._fast[0] != key:
+            shared = {id(t): t for t in tensors if t.ndim < 4}  # copy only the conv weights
+            fast = fold_batchnorm(copy.deepcopy(backbone, memo=shared).eval())
+            self._fast = (key, fast.to(memory_format=torch.channels_last))
+        return self._fast[1]
+
     @torch.inference_mode()
     def forward(self, images: Sequence[Image.Image]) -> AttributeOutput:
-        return self.model(self.preprocess(images))
+        x = self.preprocess(images).contiguous(memory_format=torch.channels_last)
+        return self.model.forward_head(self.inference_backbone()(x))
 
     def predict(self, images: Sequence[ImageInput]) -> list[Prediction]:
         """Predictions for already-valid inputs; a bad one raises `UserError`."""
-        loaded = [load_image(im) for im in images]
+        loaded = [load_image(im, min_side=2 * self.size) for im in images]
         out: list[Prediction] = []
         for start in range(0, len(loaded), self.batch_size):
             o = self.forward(loaded[start : start + self.batch_size])
@@ -92,7 +128,7 @@ class Predictor:
         pending: list[tuple[str, Image.Image]] = []
         for path in paths:
             try:
-                pending.append((str(path), load_image(path)))
+                pending.append((str(path), load_image(path, min_side=2 * self.size)))
             except UserError as e:
                 yield from self._flush(pending)
                 pending = []

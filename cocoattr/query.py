@@ -325,7 +325,7 @@ def score_terms(
     scores = np.zeros(n, np.float64)
     shown = np.zeros((n, len(terms)), np.float64)
     for j, t in enumerate(terms):
-        raw = np.asarray(probs[:, index[t.attribute]], np.float64)
+        raw = probs[:, index[t.attribute]]  # contiguous when `probs` is column-major float32
         scores += t.weight * np.log(1 - _clipped(raw) if t.negate else _clipped(raw))
         shown[:, j] = 1 - raw if t.negate else raw
     return scores, shown

@@ -34,12 +34,13 @@ KNOBS = {
     # logit = w_attn * attention-pooled evidence + w_mean * mean evidence + bias, one triple per
     # attribute type: Platt scaling fitted by train/calibrate_default.py (2-fold CV in README).
     "type_calibration": {
-        "color": [3.743, 1.411, -1.862], "material": [5.571, 4.107, -2.508],
-        "texture": [4.533, 5.255, -2.656], "shape": [2.087, 2.988, -2.486],
-        "size": [-0.645, 2.514, -1.426], "state": [3.43, 3.736, -3.532],
-        "scene": [3.332, 5.164, -3.037], "category": [3.902, 4.707, -3.911],
+        "color": [3.743, 1.412, -1.862], "material": [5.618, 4.47, -2.472],
+        "texture": [4.287, 5.532, -2.634], "shape": [2.115, 2.953, -2.481],
+        "size": [-0.552, 2.601, -1.434], "state": [3.465, 3.758, -3.527],
+        "scene": [4.562, 4.491, -2.963], "category": [3.88, 6.057, -3.911],
     },
-    "lemma_match": 1.0,  # P(a|c) when a term names the class itself
+    "lemma_match": 1.0,  # P(a|c) when a term is the head noun of one of the class's names
+    "modifier_match": 0.3,  # ... when it only modifies one ("coach dog" is no coach, "bull mastiff" no bull)
     "gloss_match": 0.6,  # ... when a term appears in its gloss
     "sim_low": 0.35,  # MiniLM cosine mapped linearly from [sim_low, sim_high] to [0, sim_weight]
     "sim_high": 0.65,
@@ -79,9 +80,13 @@ def imagenet_classes() -> list[tuple[str, str]]:
     return [(lemma[w].strip(), gloss.get(w, "").strip()) for w in wnids]
 
 
-def _term_regex(term: str) -> re.Pattern:
+def _term_regex(term: str, at_end: bool = False) -> re.Pattern:
     words = [re.escape(w) for w in term.lower().split()]
-    return re.compile(r"\b" + r"\s+".join(words) + r"(?:s|es)?\b")
+    return re.compile(r"\b" + r"\s+".join(words) + r"(?:s|es)?" + (r"$" if at_end else r"\b"))
+
+
+def _any_match(rx: re.Pattern, texts: list[str]) -> bool:
+    return any(rx.search(t) for t in texts)
 
 
 def class_attribute_matrix(
@@ -90,17 +95,20 @@ def class_attribute_matrix(
     """P(attribute | ImageNet class), (1000, A) in [0, 1]."""
     classes = imagenet_classes()
     lemmas = [c[0].lower().replace("_", " ") for c in classes]
+    names = [[n.strip() for n in lem.split(",")] for lem in lemmas]  # a class has several names
     glosses = [c[1].lower() for c in classes]
     m = np.zeros((len(classes), len(vocab)), np.float32)
     for j, attr in enumerate(vocab):
         if attr.name in COLOUR_EVIDENCE:
             continue  # colour words come from pixels, not class names
         for term in (attr.name, *attr.synonyms):
-            rx = _term_regex(term)
+            head, anywhere = _term_regex(term, at_end=True), _term_regex(term)
             for c in range(len(classes)):
-                if rx.search(lemmas[c]):
+                if any(head.search(n) for n in names[c]):  # English compounds end in their head noun
                     m[c, j] = max(m[c, j], knobs["lemma_match"])
-                elif rx.search(glosses[c]):
+                elif _any_match(anywhere, names[c]):
+                    m[c, j] = max(m[c, j], knobs["modifier_match"])
+                if anywhere.search(glosses[c]):
                     m[c, j] = max(m[c, j], knobs["gloss_match"])
     if use_text_encoder:
         from cocoattr.text import encode

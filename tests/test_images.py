@@ -106,3 +106,13 @@ def test_list_images_is_sorted_and_filtered(tmp_path):
     for name in ("b.JPG", "a.png", "sub/c.webp", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG", "c.webp"]
+
+
+def test_jpeg_draft_keeps_both_sides_above_the_minimum(tmp_path):
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (1500, 2400, 3), dtype=np.uint8))
+    path = _save(img, tmp_path / "big.jpg", "JPEG")
+    small = load_image(path, min_side=300)
+    assert small.size == (600, 375)  # 1/4 scale: the largest reduction keeping both sides >= 300
+    assert load_image(path).size == (2400, 1500)
+    png = _save(img, tmp_path / "big.png")
+    assert load_image(png, min_side=300).size == (2400, 1500)  # draft mode is JPEG-only

@@ -83,3 +83,25 @@ def test_bad_config_json(tmp_path, small_model, text, message):
 def test_missing_folder_and_bad_hub_id():
     with pytest.raises(UserError, match="no such folder"):
         load_model("./does/not/exist")
+
+
+def test_inference_head_equals_the_training_path(small_model):
+    """The eval fast path (cached queries, folded output projection) is the same function."""
+    torch.manual_seed(1)
+    for p in small_model.parameters():  # non-trivial weights everywhere
+        torch.nn.init.normal_(p, std=0.1)
+    grid = torch.randn(3, small_model.backbone.channels, *small_model.grid)
+    with torch.enable_grad():
+        slow = small_model.forward_head(grid)
+    with torch.inference_mode():
+        fast = small_model.forward_head(grid)
+        with torch.no_grad():
+            small_model.cls_weight.add_(0.5)  # a weight change must refresh the cached constants
+        fast2 = small_model.forward_head(grid)
+    with torch.enable_grad():
+        slow2 = small_model.forward_head(grid)
+    for a, b in ((slow, fast), (slow2, fast2)):
+        assert torch.allclose(a.logits, b.logits, atol=1e-5)
+        assert torch.allclose(a.maps, b.maps, atol=1e-6)
+        assert torch.allclose(a.embedding, b.embedding, atol=1e-6)
+    assert not torch.allclose(fast.logits, fast2.logits)

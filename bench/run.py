@@ -1,0 +1,664 @@
+"""`make bench`: cocoattr's performance, each figure measured in the same run as its reference.
+
+Writes bench/results.json and bench/README.md (table + machine info), plus profiles under
+bench/profiles/. The machine is shared and noisy, so every comparison interleaves its A and B
+repetitions (A, B, A, B, ...) and reports medians; ratios are medians of per-pair ratios.
+
+    .venv/bin/python bench/run.py [--quick] [--skip app,train,...]
+
+Sections: predict (vs the bare backbone), search (numpy vs FAISS at 10k/100k/1M simulated
+images), train (head step on cached grids vs a full step), index (build throughput vs image
+count), app (`python app.py` start to first HTTP 200), profiles (pyinstrument + torch ops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+BENCH = REPO / "bench"
+GALLERY_DIR = REPO / "cocoattr" / "gallery" / "images"
+COCO_TRAIN = 118_287
+ATTR_QUERY = "red, furry, -indoor"
+TARGETS = {"predict_vs_backbone_ratio": 0.85, "search_ms_at_100k": 30.0}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def interleave(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, np.ndarray]:
+    """Seconds per call of each fn, measured round-robin so load spikes hit all of them alike."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: np.array(v) for k, v in times.items()}
+
+
+def med_ms(t: np.ndarray) -> float:
+    return round(float(np.median(t)) * 1000, 3)
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        import faiss
+
+        faiss_version = faiss.__version__
+    except ImportError:
+        faiss_version = None
+    import PIL
+
+    return {
+        "cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "numpy": np.__version__, "pillow": PIL.__version__, "faiss": faiss_version,
+        "python": platform.python_version(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE")
+                                                                * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+
+def load_predictor(tmp: Path):
+    """The default checkpoint; a private fresh build if checkpoints/default is missing or stale."""
+    from cocoattr.errors import UserError
+    from cocoattr.predictor import Predictor
+
+    try:
+        return Predictor.from_checkpoint("default"), "default", None
+    except (UserError, OSError, RuntimeError) as e:
+        from cocoattr.zeroshot import build_default
+
+        note = f"checkpoints/default unusable ({str(e)[:160]}); benchmarked a fresh build in a temp dir"
+        log(note)
+        folder = build_default(tmp / "default")
+        return Predictor.from_checkpoint(str(folder)), str(folder), note
+
+
+# ----------------------------------------------------------------------------- 1. predict
+
+
+def _predict_batch(pred, fast, files: list[Path], batch: int, quick: bool, eager_predict) -> dict:  # noqa: ANN001
+    from cocoattr.images import load_image
+
+    model = pred.model
+    reps = (12 if quick else 30) if batch == 1 else (4 if quick else 8)
+    groups = [files[(i * batch) % len(files) :][:batch] for i in range(reps + 1)]
+    groups = [g if len(g) == batch else (g + files)[:batch] for g in groups]
+    x = pred.preprocess([load_image(p) for p in groups[0]])
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    turn = {"i": 0}
+
+    def predict() -> None:  # decode from disk -> ... -> numpy maps, a different photo each time
+        turn["i"] = (turn["i"] + 1) % len(groups)
+        pred.predict(groups[turn["i"]])
+
+    with torch.inference_mode():
+        t = interleave(
+            {
+                "predict": predict,
+                "backbone": lambda: fast.body(x_cl),  # the bare CNN exactly as predict runs it
+                "backbone_stock": lambda: model.backbone.body(x),  # eager NCHW, unfolded BatchNorm
+                "predict_eager": lambda: eager_predict(groups[0]),
+            },
+            reps,
+        )
+    ips = {k: round(batch / float(np.median(v)), 2) for k, v in t.items()}
+    res = {
+        "images_per_s": ips,
+        "ms_per_batch": {k: med_ms(v) for k, v in t.items()},
+        # headline: same CNN, same layout, same threads; per-pair ratios, then the median
+        "predict_vs_backbone_ratio": round(float(np.median(t["backbone"] / t["predict"])), 3),
+        "predict_vs_stock_backbone_ratio": round(float(np.median(t["backbone_stock"] / t["predict"])), 3),
+        "eager_predict_vs_stock_backbone_ratio": round(
+            float(np.median(t["backbone_stock"] / t["predict_eager"])), 3
+        ),
+        "speedup_vs_eager_predict": round(float(np.median(t["predict_eager"] / t["predict"])), 3),
+        "reps": reps,
+    }
+    log(f"predict batch {batch}: {res}")
+    return res
+
+
+def bench_predict(pred, files: list[Path], quick: bool) -> dict:
+    from cocoattr.images import load_image
+
+    model = pred.model
+    fast = pred.inference_backbone()
+
+    def eager_predict(paths: list[Path]) -> None:
+        """The training-time function: eager NCHW backbone, nn.MultiheadAttention head (grad on)."""
+        with torch.enable_grad():
+            o = model(pred.preprocess([load_image(p) for p in paths]))
+            o.probs.detach().numpy(), o.maps.detach().numpy(), o.embedding.detach().numpy()
+
+    # correctness: the optimised inference path against the training-time function, all photos
+    diffs = {"probs": 0.0, "maps": 0.0, "embedding": 0.0}
+    for i in range(0, len(files), 16):
+        chunk = files[i : i + 16]
+        new = pred.predict(chunk)
+        with torch.enable_grad():
+            o = model(pred.preprocess([load_image(p) for p in chunk]))
+            o = type(o)(o.logits.detach(), o.maps.detach(), o.embedding.detach())
+        for k, ref in (("probs", o.probs), ("maps", o.maps), ("embedding", o.embedding)):
+            got = np.stack([getattr(p, k) for p in new])
+            diffs[k] = max(diffs[k], float(np.abs(got - ref.numpy()).max()))
+    out: dict = {"max_abs_diff_vs_eager_path": diffs, "batches": {}}
+
+    for batch in (1, 16):
+        out["batches"][str(batch)] = _predict_batch(pred, fast, files, batch, quick, eager_predict)
+
+    # where the remaining time goes (batch 16, medians of interleaved parts)
+    x = pred.preprocess([load_image(p) for p in files[:16]])
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        grid = fast(x_cl)
+        feats = fast.body(x_cl)
+        parts = interleave(
+            {
+                "decode (load_image)": lambda: [load_image(p) for p in files[:16]],
+                "decode+preprocess": lambda: pred.preprocess([load_image(p) for p in files[:16]]),
+                "backbone body": lambda: fast.body(x_cl),
+                "concept channels": lambda: F.softmax(
+                    torch.einsum("bchw,kc->bkhw", feats, fast.classifier.weight)
+                    + fast.classifier.bias.view(1, -1, 1, 1),
+                    dim=1,
+                ),  # fmt: skip
+                "colour channels": lambda: fast.colour_channels(x_cl, grid.shape[-2:]),
+                "attribute head": lambda: model.forward_head(grid),
+            },
+            3 if quick else 5,
+        )
+    out["breakdown_ms_batch16"] = {k: med_ms(v) for k, v in parts.items()}
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["rss_mb_after"] = rss_mb()
+    return out
+
+
+# ----------------------------------------------------------------------------- 2. search
+
+
+def _search_size(n: int, attributes: list[str], query, rng: np.random.Generator) -> dict:  # noqa: ANN001
+    import faiss
+
+    from cocoattr.index import FaissBackend, Index, NumpyBackend, search, top_indices
+    from cocoattr.query import P_CLIP
+
+    a, d, k = len(attributes), 384, 10
+    cols = [attributes.index(t.attribute) for t in query.terms]
+    weights = np.array([t.weight for t in query.terms], np.float32)
+    negate = [t.negate for t in query.terms]
+    reps = 15 if n <= 100_000 else 5
+    res: dict = {}
+    probs = (rng.random((n, a), dtype=np.float32) ** 3).astype(np.float16)  # stored like the Index
+    root = tempfile.mkdtemp(prefix="cocoattr-bench-")
+    index = Index(
+        root_spec=root, paths=[f"img{i:07d}.jpg" for i in range(n)], sizes=np.zeros(n, np.int64),
+        mtimes=np.zeros(n, np.int64), probs=probs, embeddings=np.zeros((n, 1), np.float32),
+        attributes=list(attributes), checkpoint={},
+    )  # fmt: skip
+    # precomputed at load: [log p | log(1-p)] (N, 2A) float32, row-major (matvec, FAISS) and
+    # column-major (a query reads only its terms' columns)
+    t0 = time.perf_counter()
+    p32 = np.clip(probs.astype(np.float32), P_CLIP, 1 - P_CLIP)
+    logs = np.concatenate([np.log(p32), np.log1p(-p32)], axis=1)
+    p32 = None
+    res["precompute_log_s"] = round(time.perf_counter() - t0, 3)
+    logs_f = np.asfortranarray(logs)
+    wvec = np.zeros(2 * a, np.float32)
+    for c, w, neg in zip(cols, weights, negate, strict=True):
+        wvec[c + (a if neg else 0)] += w
+    colidx = [c + (a if neg else 0) for c, neg in zip(cols, negate, strict=True)]
+    t0 = time.perf_counter()
+    fidx = faiss.IndexFlatIP(2 * a)
+    fidx.add(logs)
+    res["faiss_attr_build_s"] = round(time.perf_counter() - t0, 3)
+
+    def matvec() -> np.ndarray:
+        return top_indices(logs @ wvec, k)
+
+    def columns() -> np.ndarray:
+        s = weights[0] * logs_f[:, colidx[0]]
+        for j in range(1, len(colidx)):
+            s += weights[j] * logs_f[:, colidx[j]]
+        return top_indices(s, k)
+
+    def faiss_attr() -> np.ndarray:
+        return fidx.search(wvec[None], k)[1][0]
+
+    ref = set(matvec())
+    assert set(columns()) == ref and set(faiss_attr()) == ref, "attribute scorers disagree"
+    assert {int(h.image[3:10]) for h in search(index, query, k, "numpy", False)} == ref, "API disagrees"
+    t = interleave(
+        {
+            "api_numpy": lambda: search(index, query, k, backend="numpy", use_encoder=False),
+            "numpy_matvec_logprob": matvec,
+            "numpy_logprob_columns": columns,
+            "faiss_flatip_logprob": faiss_attr,
+        },
+        reps,
+    )
+    res["attribute_query_ms"] = {m: med_ms(v) for m, v in t.items()}
+    res["attribute_memory_mb"] = {
+        "probs_float16": round(probs.nbytes / 2**20, 1),
+        "logprob_float32_each_copy": round(logs.nbytes / 2**20, 1),
+    }
+    shutil.rmtree(root, ignore_errors=True)
+    fidx = logs = logs_f = index = probs = None
+    gc.collect()
+    # embedding (free-text / image) queries: inner product over unit vectors, D=384
+    emb = rng.standard_normal((n, d), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    q = rng.standard_normal(d).astype(np.float32)
+    nb = NumpyBackend(emb)
+    t0 = time.perf_counter()
+    fb = FaissBackend(emb)
+    res["faiss_embedding_build_s"] = round(time.perf_counter() - t0, 3)
+    emb = None
+    assert set(nb.top_k(q, k)[0]) == set(fb.top_k(q, k)[0])
+    t = interleave({"numpy_backend": lambda: nb.top_k(q, k), "faiss_backend": lambda: fb.top_k(q, k)}, reps)
+    res["embedding_query_ms"] = {m: med_ms(v) for m, v in t.items()}
+    res["embedding_memory_mb_float32"] = round(n * d * 4 / 2**20, 1)
+    log(f"search n={n}: {res}")
+    return res
+
+
+def bench_search(attributes: list[str], quick: bool) -> dict:
+    from cocoattr.query import parse_query
+
+    query = parse_query(ATTR_QUERY, attributes=attributes, use_encoder=False)
+    out: dict = {"query": ATTR_QUERY, "terms": [t.key for t in query.terms], "k": 10, "sizes": {}}
+    rng = np.random.default_rng(0)
+    sizes = (10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)
+    for n in sizes:
+        out["sizes"][str(n)] = _search_size(n, attributes, query, rng)
+    for n, name in ((10_000, "10k"), (100_000, "100k"), (1_000_000, "1m")):
+        r = out["sizes"].get(str(n))
+        if r:
+            attr = r["attribute_query_ms"]
+            out[f"search_ms_at_{name}"] = {
+                "attribute_api_numpy": attr["api_numpy"],
+                "attribute_best": min(attr.values()),
+                "attribute_best_method": min(attr, key=attr.get),
+                "embedding_numpy": r["embedding_query_ms"]["numpy_backend"],
+                "embedding_faiss": r["embedding_query_ms"]["faiss_backend"],
+            }
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+# ----------------------------------------------------------------------------- 3. training
+
+
+def bench_train(checkpoint: str, files: list[Path], quick: bool) -> dict:
+    from cocoattr.hub import load_model
+    from cocoattr.images import load_image
+    from cocoattr.train import (
+        Preprocess,
+        TrainConfig,
+        TrainStep,
+        augment,
+        label_loss,
+        make_optimizer,
+        set_trainable,
+    )
+
+    cfg = TrainConfig()
+    batch = cfg.batch_size
+    model = load_model(checkpoint)
+    params = set_trainable(model, cfg.finetune_stages)
+    optimizer = make_optimizer(model, params, cfg)
+    pre = Preprocess(model)
+    rng = np.random.default_rng(0)
+    a = model.num_attributes
+    images = torch.stack([pre(load_image(p)) for p in (files * 2)[:batch]])
+    grids16 = rng.standard_normal((batch, model.backbone.channels, *model.grid)).astype(np.float16)
+    targets = torch.from_numpy((rng.random((batch, a)) < 0.05).astype(np.float32))
+    known = torch.from_numpy(rng.random((batch, a)) < 0.3)
+    labels3 = torch.where(known, targets, torch.full_like(targets, -1.0))
+    cached_step, full_step = TrainStep(model, True), TrainStep(model, False)
+
+    def step(module: TrainStep, x: torch.Tensor) -> None:
+        model.train()
+        model.backbone.eval()
+        logits, contrastive = module(x, labels3)
+        weight = known.float().sum() + (~known).float().sum() * cfg.unknown_weight
+        loss = (
+            label_loss(logits, targets, known, cfg) / weight.clamp_min(1.0)
+            + cfg.contrastive_weight * contrastive
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+
+    def cached() -> None:  # GridDataset: float16 grid -> float32 tensor, then the head step
+        step(cached_step, torch.from_numpy(grids16.astype(np.float32)))
+
+    t = interleave({"cached_step": cached, "full_step": lambda: step(full_step, images)}, 3 if quick else 5)
+    # per-image input cost without the cache: decode + random crop/flip + preprocess (num_workers=0)
+    lt = interleave({"load": lambda: [pre(augment(load_image(p), rng)) for p in files[:batch]]}, 3)
+    load_s = float(np.median(lt["load"])) / batch
+    # one-off cache build: eager backbone over the data (as cached_grids does), batch eval_batch_size
+    xb = torch.stack([pre(load_image(p)) for p in (files * 2)[: cfg.eval_batch_size]])
+    with torch.no_grad():
+        ct = interleave({"cache": lambda: model.backbone.eval()(xb)}, 2)
+    cache_s = float(np.median(ct["cache"])) / cfg.eval_batch_size + load_s
+    cached_s = float(np.median(t["cached_step"])) / batch
+    full_s = float(np.median(t["full_step"])) / batch + load_s
+    grid_bytes = model.backbone.channels * model.grid[0] * model.grid[1] * 2
+    return {
+        "batch_size": batch,
+        "head_step_cached_images_per_s": round(1 / cached_s, 1),
+        "full_step_images_per_s": round(1 / full_s, 2),
+        "full_step_compute_only_images_per_s": round(batch / float(np.median(t["full_step"])), 2),
+        "decode_augment_preprocess_ms_per_image": round(load_s * 1000, 2),
+        "speedup_cached_vs_full": round(full_s / cached_s, 1),
+        "coco_train2017_images": COCO_TRAIN,
+        "epoch_s_cached": round(COCO_TRAIN * cached_s, 1),
+        "epoch_s_full": round(COCO_TRAIN * full_s, 1),
+        "cache_build_once_s": round(COCO_TRAIN * cache_s, 1),
+        "cache_size_gb": round(COCO_TRAIN * grid_bytes / 1e9, 1),
+        "note": "extrapolated from measured steps; the cached epoch excludes reading the float16 "
+        "memmap from disk (the cache is larger than RAM here, so disk bandwidth adds to it)",
+    }
+
+
+# ----------------------------------------------------------------------------- 4. index build
+
+
+def bench_index(pred, files: list[Path], quick: bool) -> dict:
+    from cocoattr.index import build_index
+
+    out: dict = {"workers": "none: build_index decodes serially in predict_files (batch 16)", "runs": {}}
+    counts = (36, 72) if quick else (36, 72, 144)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            folder = Path(tmp) / f"imgs{n}"
+            folder.mkdir()
+            for i in range(n):
+                src = files[i % len(files)]
+                shutil.copyfile(src, folder / f"{i:04d}_{src.name}")
+            t0 = time.perf_counter()
+            report = build_index(folder, Path(tmp) / f"i{n}.npz", pred, progress=False)
+            dt = time.perf_counter() - t0
+            assert len(report.computed) == n
+            out["runs"][str(n)] = {"seconds": round(dt, 2), "images_per_s": round(n / dt, 2)}
+            log(f"index build {n}: {out['runs'][str(n)]}")
+    return out
+
+
+# ----------------------------------------------------------------------------- 5. app start
+
+
+def bench_app(checkpoint: str, pred, timeout: float = 240.0) -> dict:
+    from cocoattr.index import GALLERY, build_index
+
+    if not (REPO / "app.py").is_file():
+        return {"skipped": "app.py not present"}
+    index_path = Path(tempfile.mkdtemp(prefix="cocoattr-bench-")) / "gallery-index.npz"
+    build_index(GALLERY, index_path, pred, progress=False)  # the `make index` step, not timed here
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+               COCOATTR_CHECKPOINT=str(REPO / "checkpoints" / "default") if checkpoint == "default" else checkpoint,
+               COCOATTR_INDEX=str(index_path), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")  # fmt: skip
+    logf = index_path.parent / "app.log"
+    t0 = time.perf_counter()
+    with open(logf, "wb") as lf:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=lf, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    result: dict = {}
+    try:
+        while time.perf_counter() - t0 < timeout:
+            if proc.poll() is not None:
+                tail = logf.read_text(errors="replace")[-600:]
+                return {"skipped": f"app.py exited with {proc.returncode} before serving", "log_tail": tail}
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    if r.status == 200:
+                        result = {"seconds_to_first_200": round(time.perf_counter() - t0, 2)}
+                        break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            result = {"skipped": f"no HTTP 200 within {timeout:.0f}s"}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        shutil.rmtree(index_path.parent, ignore_errors=True)
+    result["note"] = "warm .venv, default checkpoint and a prebuilt gallery index (COCOATTR_INDEX)"
+    return result
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def write_profiles(pred, files: list[Path], attributes: list[str]) -> dict:
+    from pyinstrument import Profiler
+
+    from cocoattr.index import Index, search
+    from cocoattr.query import parse_query
+
+    folder = BENCH / "profiles"
+    folder.mkdir(exist_ok=True)
+    prof = Profiler(interval=0.002)
+    with prof:
+        for _ in range(3):
+            pred.predict(files[:16])
+    (folder / "predict_pyinstrument.txt").write_text(prof.output_text(unicode=False, color=False))
+    with torch.profiler.profile() as tp:
+        for _ in range(3):
+            pred.predict(files[:16])
+    table = tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    (folder / "predict_torch_ops.txt").write_text(table)
+    n = 100_000
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as root:
+        index = Index(root_spec=root, paths=[f"i{i}.jpg" for i in range(n)], sizes=np.zeros(n, np.int64),
+                      mtimes=np.zeros(n, np.int64), probs=rng.random((n, len(attributes)), np.float32).astype(np.float16),
+                      embeddings=np.zeros((n, 1), np.float32), attributes=list(attributes), checkpoint={})  # fmt: skip
+        query = parse_query(ATTR_QUERY, attributes=attributes, use_encoder=False)
+        prof = Profiler(interval=0.0005)
+        with prof:
+            for _ in range(20):
+                search(index, query, 10, backend="numpy", use_encoder=False)
+    (folder / "search_100k_pyinstrument.txt").write_text(prof.output_text(unicode=False, color=False))
+    return {"files": sorted(str(p.relative_to(REPO)) for p in folder.iterdir())}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt(v: object) -> str:
+    return "n/a" if v is None else (f"{v:,.3g}" if isinstance(v, float) else str(v))
+
+
+def readme(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "# cocoattr benchmarks",
+        "",
+        "Regenerated by `make bench` (`.venv/bin/python bench/run.py`); raw numbers in `results.json`,",
+        "profiles in `profiles/`. Each figure is measured in the same run as its reference, with A/B",
+        "repetitions interleaved; ratios are medians of per-pair ratios (robust on a shared, noisy machine).",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['memory_gb']} GiB, torch {m['torch']} "
+        f"with {m['torch_threads']} threads, numpy {m['numpy']}, faiss {m['faiss']}, Python {m['python']}. "
+        f"Load average at start {m['loadavg_start']}, at end {m.get('loadavg_end')}. Run took "
+        f"{results.get('seconds_total')} s.",
+        "",
+    ]
+    if results.get("checkpoint_note"):
+        lines += [f"Note: {results['checkpoint_note']}", ""]
+    lines += ["| figure | value | reference / target |", "|---|---|---|"]
+    p = results.get("predict")
+    if p and "batches" in p:
+        for b, r in p["batches"].items():
+            ips = r["images_per_s"]
+            lines.append(
+                f"| predict_vs_backbone_ratio, batch {b} | **{r['predict_vs_backbone_ratio']}** | >= 0.85; predict "
+                f"{fmt(ips['predict'])} img/s vs bare backbone {fmt(ips['backbone'])} img/s (same body, "
+                f"channels_last, BN folded) |"
+            )
+            lines.append(
+                f"| predict vs stock eager backbone, batch {b} | {r['predict_vs_stock_backbone_ratio']} | stock "
+                f"`FeatureGrid.body` {fmt(ips['backbone_stock'])} img/s; eager training-time path: predict "
+                f"{fmt(ips['predict_eager'])} img/s, ratio {r['eager_predict_vs_stock_backbone_ratio']} |"
+            )
+            lines.append(
+                f"| inference path speed-up vs the eager path, batch {b} | {r['speedup_vs_eager_predict']}x | |"
+            )
+        lines.append(f"| peak RSS after predict | {fmt(p['peak_rss_mb'])} MB | |")
+        d = p["max_abs_diff_vs_eager_path"]
+        lines.append(
+            f"| max abs diff vs eager path | probs {d['probs']:.1e}, maps {d['maps']:.1e}, "
+            f"embedding {d['embedding']:.1e} | 36 gallery photos |"
+        )
+    s = results.get("search")
+    if s and "sizes" in s:
+        for name in ("10k", "100k", "1m"):
+            r = s.get(f"search_ms_at_{name}")
+            if r:
+                lines.append(
+                    f"| search_ms_at_{name} (attribute query) | **{r['attribute_best']}** ms "
+                    f"({r['attribute_best_method']}) | API today {r['attribute_api_numpy']} ms; target <= 30 ms at 100k |"
+                )
+                lines.append(
+                    f"| search_ms_at_{name} (embedding query) | numpy {r['embedding_numpy']} ms | FAISS "
+                    f"{r['embedding_faiss']} ms |"
+                )
+    t = results.get("train")
+    if t and "epoch_s_cached" in t:
+        lines += [
+            f"| train: head step on cached grids | {fmt(t['head_step_cached_images_per_s'])} img/s | "
+            f"epoch (118,287 imgs) {fmt(t['epoch_s_cached'])} s + one-off cache build {fmt(t['cache_build_once_s'])} s, "
+            f"{t['cache_size_gb']} GB float16 |",
+            f"| train: full step (frozen backbone) | {fmt(t['full_step_images_per_s'])} img/s | "
+            f"epoch {fmt(t['epoch_s_full'])} s; cache speed-up {t['speedup_cached_vs_full']}x |",
+        ]
+    i = results.get("index")
+    if i and "runs" in i:
+        lines.append(
+            "| index build | "
+            + ", ".join(f"{n}: {r['images_per_s']} img/s" for n, r in i["runs"].items())
+            + f" | {i['workers']} |"
+        )
+    a = results.get("app")
+    if a:
+        lines.append(f"| make demo: start -> first HTTP 200 | {a.get('seconds_to_first_200', 'skipped')} s | "
+                     f"{a.get('skipped') or a.get('note')} |")  # fmt: skip
+    for k, v in results.get("errors", {}).items():
+        lines.append(f"| {k} | error | {v[:200]} |")
+    if p and "breakdown_ms_batch16" in p:
+        lines += ["", "Batch-16 predict breakdown (ms, medians):", ""]
+        lines += [f"- {k}: {v}" for k, v in p["breakdown_ms_batch16"].items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions, no 1M search, smaller index runs"
+    )
+    parser.add_argument("--skip", default="", help="comma-separated: predict,search,train,index,app,profiles")
+    args = parser.parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    t_start = time.perf_counter()
+    results: dict = {"machine": machine(), "targets": TARGETS, "errors": {}}
+    files = sorted(p for p in GALLERY_DIR.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    with tempfile.TemporaryDirectory() as tmp:
+        pred, checkpoint, note = load_predictor(Path(tmp))
+        results["checkpoint"] = checkpoint
+        results["checkpoint_note"] = note
+        sections: list[tuple[str, Callable[[], dict]]] = [
+            ("predict", lambda: bench_predict(pred, files, args.quick)),
+            ("index", lambda: bench_index(pred, files, args.quick)),
+            ("train", lambda: bench_train(checkpoint, files, args.quick)),
+            ("search", lambda: bench_search(pred.attributes, args.quick)),
+            ("app", lambda: bench_app(checkpoint, pred)),
+            ("profiles", lambda: write_profiles(pred, files, pred.attributes)),
+        ]
+        for name, fn in sections:
+            if name in skip:
+                continue
+            log(f"{name} ...")
+            t0 = time.perf_counter()
+            try:
+                results[name] = fn()
+                results[name]["section_seconds"] = round(time.perf_counter() - t0, 1)
+                results[name]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+            except Exception as e:  # one broken section (code in flux) must not lose the others
+                results["errors"][name] = f"{type(e).__name__}: {e}"
+                log(f"{name} failed: {type(e).__name__}: {e}")
+            gc.collect()
+    for key in ("10k", "100k", "1m"):
+        if "search" in results and f"search_ms_at_{key}" in results["search"]:
+            results[f"search_ms_at_{key}"] = results["search"][f"search_ms_at_{key}"]["attribute_best"]
+    if "predict" in results:
+        results["predict_vs_backbone_ratio"] = {
+            b: r["predict_vs_backbone_ratio"] for b, r in results["predict"]["batches"].items()
+        }
+    results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["seconds_total"] = round(time.perf_counter() - t_start, 1)
+    (BENCH / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (BENCH / "README.md").write_text(readme(results))
+    log(f"wrote bench/results.json and bench/README.md in {results['seconds_total']} s")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
