@@ -123,6 +123,25 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def path_inside(root: str | os.PathLike, name: object, source: str, what: str = "file name",
+                where: str | None = None) -> Path:  # fmt: skip
+    """`root / name` if `name` is a plain relative path that stays inside `root`, else UserError.
+
+    A lexical check (no symlink resolution): an index, captions or annotation file written by
+    someone else must not make us open, show or return files outside the folder it describes.
+    """
+    from pathlib import PurePosixPath
+
+    from cocoattr.errors import UserError
+
+    text = str(name)
+    parts = PurePosixPath(text).parts
+    if (not text or "\\" in text or "\x00" in text or text.startswith("/") or ".." in parts
+            or ":" in parts[0] or any(part in ("", ".") for part in text.split("/"))):  # fmt: skip
+        raise UserError(f"{source}: {what} {text!r} points outside {where or f'the folder {root}'}; refusing it")
+    return Path(root) / text
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under `folder` (recursive, sorted): the unit every batch job walks."""
     root = Path(folder)

@@ -24,12 +24,13 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from cocoattr.errors import UserError, notice
+from cocoattr.images import path_inside
 from cocoattr.query import Query, Term, parse_query, score_terms
 
 if TYPE_CHECKING:
@@ -53,16 +54,8 @@ GALLERY = "gallery"
 
 
 def safe_relative(root: Path, rel: str) -> Path:
-    """`root / rel` if `rel` is a plain relative path that stays inside `root`, else UserError.
-
-    Lexical check (no symlink resolution), so a tampered index cannot make search open,
-    display or return files outside the folder it claims to describe.
-    """
-    p = PurePosixPath(rel)
-    if not rel or "\\" in rel or "\x00" in rel or p.is_absolute() or ":" in p.parts[0] or ".." in p.parts \
-            or any(part in ("", ".") for part in rel.split("/")):  # fmt: skip
-        raise UserError(f"index entry {rel!r} points outside the indexed folder; refusing to use this index")
-    return root / p
+    """`root / rel` for an index entry, refusing entries that point outside the indexed folder."""
+    return path_inside(root, rel, "index", "entry", "the indexed folder")
 
 
 def _root_for(spec: str) -> Path:

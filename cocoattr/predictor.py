@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,17 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
                 seq._modules[a] = fuse_conv_bn_eval(conv, bn)
                 seq._modules[b] = nn.Identity()
     return module
+
+
+def preprocess(images: Sequence[Image.Image], size: int, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """RGB PIL images -> normalised (B, 3, size, size) float tensor (mean/std shaped (3, 1, 1)).
+
+    A plain function so training workers (which must pickle it) use exactly this code."""
+    batch = np.empty((len(images), 3, size, size), np.float32)
+    for i, image in enumerate(images):
+        resized = image.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+        batch[i] = np.asarray(resized, np.float32).transpose(2, 0, 1) / 255.0
+    return torch.from_numpy((batch - mean) / std)
 
 
 @dataclass
@@ -80,12 +93,7 @@ class Predictor:
         return self.model.attribute_types
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB PIL images -> normalised (B, 3, S, S) float tensor."""
-        batch = np.empty((len(images), 3, self.size, self.size), np.float32)
-        for i, image in enumerate(images):
-            resized = image.resize((self.size, self.size), Image.BILINEAR, reducing_gap=3.0)
-            batch[i] = np.asarray(resized, np.float32).transpose(2, 0, 1) / 255.0
-        return torch.from_numpy((batch - self.mean) / self.std)
+        return preprocess(images, self.size, self.mean, self.std)
 
     def inference_backbone(self) -> nn.Module:
         """`model.backbone` prepared for CPU inference: a copy (the model itself is untouched) with
@@ -119,25 +127,47 @@ class Predictor:
         return self.predict([image])[0]
 
     def predict_files(
-        self, paths: Iterable[str | os.PathLike]
+        self, paths: Iterable[str | os.PathLike], workers: int = 2
     ) -> Iterator[tuple[str, Prediction | UserError]]:
         """Yield (path, prediction or the error that skipped it), in order, batching good files.
 
         A bad file never stops the batch: callers report it and carry on.
         """
         pending: list[tuple[str, Image.Image]] = []
-        for path in paths:
-            try:
-                pending.append((str(path), load_image(path, min_side=2 * self.size)))
-            except UserError as e:
+        for path, image in self._decoded(paths, workers):
+            if isinstance(image, UserError):
                 yield from self._flush(pending)
                 pending = []
-                yield str(path), e
+                yield path, image
                 continue
+            pending.append((path, image))
             if len(pending) == self.batch_size:
                 yield from self._flush(pending)
                 pending = []
         yield from self._flush(pending)
+
+    def _decoded(
+        self, paths: Iterable[str | os.PathLike], workers: int
+    ) -> Iterator[tuple[str, Image.Image | UserError]]:
+        """Files decoded by `workers` threads ahead of the model, in order, at most two batches
+        ahead (PIL releases the GIL while decoding, so this overlaps with the forward pass)."""
+
+        def load(path: str | os.PathLike) -> Image.Image | UserError:
+            try:
+                return load_image(path, min_side=2 * self.size)
+            except UserError as e:
+                return e
+
+        window: deque = deque()
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for path in paths:
+                window.append((str(path), pool.submit(load, path)))
+                if len(window) >= 2 * self.batch_size:
+                    done_path, future = window.popleft()
+                    yield done_path, future.result()
+            while window:
+                done_path, future = window.popleft()
+                yield done_path, future.result()
 
     def _flush(self, pending: list[tuple[str, Image.Image]]) -> Iterator[tuple[str, Prediction]]:
         if not pending:

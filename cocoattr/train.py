@@ -338,7 +338,7 @@ def load_splits(data: DataConfig) -> dict[str, list[Sample]]:
 
 
 class Preprocess:
-    """The model's own preprocessing (`Predictor.preprocess`, one image), picklable for workers."""
+    """The model's own preprocessing (`cocoattr.predictor.preprocess`, one image), picklable for workers."""
 
     def __init__(self, model: AttributeModel) -> None:
         self.size = model.image_size
@@ -346,9 +346,9 @@ class Preprocess:
         self.std = model.backbone.std.view(3, 1, 1).cpu().numpy()
 
     def __call__(self, image: Any) -> torch.Tensor:
-        from cocoattr.predictor import Predictor
+        from cocoattr.predictor import preprocess
 
-        return Predictor.preprocess(self, [image])[0]  # type: ignore[arg-type]
+        return preprocess([image], self.size, self.mean, self.std)[0]
 
 
 def augment(image: Any, rng: np.random.Generator) -> Any:

@@ -146,3 +146,13 @@ def test_wrong_kind_and_dangling_image_ids(tmp_path):
         cc.load_coco(write(tmp_path / "d.json", data), "captions")
     with pytest.raises(UserError, match="missing.json: file not found"):
         cc.load_coco(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("bad", ["../secret.jpg", "/etc/hostname", "a/../../b.jpg", "C:evil.jpg"])
+def test_image_file_names_outside_the_folder_are_refused(tmp_path, bad):
+    data = captions_2017()
+    data["images"][0]["file_name"] = bad
+    ann = tmp_path / "captions.json"
+    write(ann, data)
+    with pytest.raises(UserError, match="points outside"):
+        cc.image_records(cc.load_coco(ann, "captions"), tmp_path / "val2017", check_files=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 from pycocotools.coco import COCO
 
 from cocoattr.errors import UserError
+from cocoattr.images import path_inside
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def image_records(
     records = []
     for img_id in sorted(coco.imgs):
         img = coco.imgs[img_id]
-        path = image_dir / img["file_name"]
+        path = path_inside(image_dir, img["file_name"], source, "image file_name")
         if check_files and not path.is_file():
             report.add("missing image files", path)
             continue

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from cocoattr.data.coco import read_json
 from cocoattr.errors import UserError
+from cocoattr.images import path_inside
 from cocoattr.vocab import Vocabulary, load_vocabulary
 
 # 36 images split 0.8/0.1/0.1 would leave 3 for validation and 2 for test, so the gallery
@@ -79,17 +80,6 @@ def read_hand_labels(path: Path, vocab: Vocabulary | None = None) -> dict[int, n
     return out
 
 
-def _plain_file_name(name: object, captions_path: Path) -> str:
-    """`file_name` if it is a plain relative path inside the gallery folder, else UserError: a
-    tampered captions.json must not make evaluation or training read files outside the folder."""
-    text = str(name)
-    parts = PurePosixPath(text).parts
-    if (not text or "\\" in text or "\x00" in text or text.startswith("/") or ".." in parts
-            or (parts and ":" in parts[0])):  # fmt: skip
-        raise UserError(f"{captions_path}: image file_name {text!r} points outside the gallery folder")
-    return text
-
-
 def load_gallery(
     root: Path | None = None, vocab: Vocabulary | None = None, *, check_files: bool = True
 ) -> Gallery:
@@ -109,8 +99,8 @@ def load_gallery(
         raise UserError(f"{labels_path}: labels for image ids not in {captions_path.name}: {stray[:5]}")
     ids, paths, missing = [], [], []
     for image_id in sorted(coco.imgs):
-        name = _plain_file_name(coco.imgs[image_id]["file_name"], captions_path)
-        candidates = (root / name, root / "images" / name)
+        name = coco.imgs[image_id]["file_name"]
+        candidates = (path_inside(root, name, str(captions_path), "image file_name", "the gallery folder"), root / "images" / name)
         path = next((p for p in candidates if p.is_file()), candidates[0])
         if check_files and not path.is_file():
             missing.append(name)
