@@ -28,6 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, wraps
 from pathlib import Path
@@ -47,6 +48,8 @@ from cocoattr.query import parse_query
 from cocoattr.vocab import TYPES
 
 REPO = Path(__file__).resolve().parent
+
+
 ENV_INDEX = "COCOATTR_INDEX"
 ENV_IMAGES = "COCOATTR_IMAGES"
 ENV_CONCURRENCY = "COCOATTR_CONCURRENCY"
@@ -212,7 +215,7 @@ def search_index(
     captions = _captions(index.root_spec)
     if image:
         photo = load_image(image, name=Path(image).name)
-        hits = search_by_image(index, photo, k=top_k, predictor=predictor)
+        hits = on_model_thread(lambda: search_by_image(index, photo, k=top_k, predictor=predictor))
         notes = ["nearest neighbours of the query photo (embedding cosine)"]
     else:
         parsed = parse_query(query, attributes=index.attributes, attribute_embeddings=index.attribute_text)
@@ -225,6 +228,43 @@ def search_index(
         ],
         notes,
     )
+
+
+# --------------------------------------------------------------------------- model threads
+
+
+def _cap_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each request thread its own malloc arena, and under many concurrent users the
+    resident memory grows with fragmentation across them; two arenas serve two CPU workers.
+    (mallopt(M_ARENA_MAX) at run time, equivalent to MALLOC_ARENA_MAX; a no-op off glibc.)"""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, arenas)  # -8 = M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+_cap_malloc_arenas()
+
+
+def _concurrency() -> int:
+    return max(1, int(os.environ.get(ENV_CONCURRENCY, "2") or 2))
+
+
+_model_threads: ThreadPoolExecutor | None = None
+
+
+def on_model_thread(fn: Callable, *args: Any) -> Any:
+    """Run model work on one fixed pool of `COCOATTR_CONCURRENCY` threads. Gradio calls handlers
+    from a large, changing thread pool, and every new thread that enters torch gets its own
+    OpenMP team and allocator state, so memory crept up with each thread used."""
+    global _model_threads
+    if _model_threads is None:
+        _model_threads = ThreadPoolExecutor(_concurrency(), thread_name_prefix="cocoattr-model")
+    return _model_threads.submit(fn, *args).result()
 
 
 @lru_cache(maxsize=4)
@@ -270,7 +310,7 @@ class PredictionCache:
                 self._items.move_to_end(key)
                 return self._items[key]
         image = load_image(path, name=p.name)
-        pred = self.predictor.predict_one(image)
+        pred = on_model_thread(self.predictor.predict_one, image)
         item = (viz.display_copy(image, HEATMAP_SIDE), pred, image.size)
         with self._lock:
             self._items[key] = item
@@ -625,8 +665,7 @@ def build_demo(predictor: Predictor | None = None, index: Index | None = None) -
         s_image.upload(ui_search, s_in, [s_results, s_notes], **ui)
         s_pick.input(add_term, [s_query, s_pick, s_mode], [s_query, s_pick], show_progress="hidden", **ui)
 
-    concurrency = int(os.environ.get(ENV_CONCURRENCY, "2") or 2)
-    demo.queue(default_concurrency_limit=max(1, concurrency), max_size=64)
+    demo.queue(default_concurrency_limit=_concurrency(), max_size=64)
     return demo
 
 

@@ -62,7 +62,7 @@ def cmd_build_default(args: argparse.Namespace) -> int:
     from cocoattr.zeroshot import build_default
 
     if args.out is None and args.backbone == "mobilenet_v2" and not args.force:
-        notice(f"embedded default is up to date in {ensure_default()}")
+        notice(f"embedded default ready in {ensure_default()}")
         return 0
     out = build_default(Path(args.out or DEFAULT_DIR), backbone=args.backbone)
     notice(f"wrote {out}")

@@ -35,7 +35,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
     "fire engine": ("truck", "vehicle", "red"),
     "stop sign": ("road sign",),
     "parking meter": (),
-    "no parking": ("road sign",),
+    "no parking sign": ("road sign",),  # the sign, not an absence (plain "no parking" negates)
     "home plate": ("sports",),
     "hot air balloon": ("toy",),
     "tennis court": ("sports", "outdoor"),
