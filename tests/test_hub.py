@@ -268,6 +268,8 @@ def test_push_then_download(hub, tmp_path, checkpoint):
     assert proc.returncode == 0, proc.stderr
     assert "/user/pushed/commit/" in proc.stdout
     assert hub.repos["user/pushed"][WEIGHTS_NAME] == (checkpoint / WEIGHTS_NAME).read_bytes()
-    assert set(hub.repos["user/pushed"]) == {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME}
+    shipped = {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "metrics.json"} & {p.name for p in folder.iterdir()}
+    assert {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME} <= shipped  # metrics.json too when the checkpoint has one
+    assert set(hub.repos["user/pushed"]) == shipped  # and nothing else from the folder (no recipe.txt)
     proc = run_cli(["predict", "--checkpoint", "user/pushed", "--json", str(IMAGE)], hub.url, tmp_path / "hf")
     predict_json(proc)
