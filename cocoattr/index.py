@@ -45,7 +45,7 @@ SAVE_EVERY = 500  # images between partial saves during a build
 ENV_SAVE_EVERY = "COCOATTR_INDEX_SAVE_EVERY"
 # "auto" uses FAISS above this many images. Exact FAISS (IndexFlatIP) measured 2.5-4x slower
 # than numpy's BLAS product at 100k-1M on a 2-core CPU (bench/README.md), so the switch only
-# pays on bigger machines or sets; `--backend faiss` / backend="faiss" chooses it explicitly.
+# pays on bigger machines or sets; `search(..., backend="faiss")` chooses it explicitly.
 FAISS_MIN_ITEMS = 5_000_000
 GALLERY = "gallery"
 
