@@ -8,6 +8,7 @@ No pickles: weights are safetensors only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -77,8 +78,6 @@ def download(repo_id: str, revision: str | None = None) -> Path:
 
 def default_recipe_hash() -> str:
     """Hash of the files that define the embedded default: a change means a rebuild."""
-    import hashlib
-
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent
     for name in ("zeroshot.py", "model.py", "backbones.py", "vocab/attributes.json"):
@@ -122,7 +121,7 @@ def read_config(folder: Path) -> dict:
 def load_model(source: str | os.PathLike | None = None, **overrides) -> AttributeModel:
     """Build an AttributeModel from a checkpoint and load its weights strictly, in eval mode."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
 
     from cocoattr.model import AttributeModel
 
@@ -137,7 +136,8 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> Attribut
     if not weights.is_file():
         raise UserError(f"{weights}: missing")
     try:
-        state = load_file(str(weights))
+        data = weights.read_bytes()
+        state = load_bytes(data)
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{weights}: truncated or corrupt safetensors file ({e})") from None
     try:
@@ -148,6 +148,9 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> Attribut
             f"{folder}: config.json disagrees with model.safetensors: {'; '.join(first)}"
         ) from None
     model.source = str(folder)  # type: ignore[attr-defined]
+    # Identity of the weights as loaded (an index records it), from the bytes already read:
+    # the file may be rebuilt later, and hashing it per query would be hot-path I/O.
+    model.weights_sha256 = hashlib.sha256(data).hexdigest()  # type: ignore[attr-defined]
     return model.eval()
 
 

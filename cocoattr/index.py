@@ -310,10 +310,14 @@ def file_sha256(path: Path) -> str:
 
 
 def checkpoint_identity(model) -> dict:  # noqa: ANN001 - an AttributeModel (or a test stand-in)
-    """sha256 of the checkpoint's weights file + where it came from (what an index records)."""
+    """sha256 of the checkpoint's weights + where they came from (what an index records).
+
+    `load_model` records the hash of the bytes it loaded; a stand-in without it is hashed on disk."""
     from cocoattr.hub import WEIGHTS_NAME
 
     source = getattr(model, "source", None)
+    if getattr(model, "weights_sha256", None) and source:
+        return {"sha256": model.weights_sha256, "source": str(source)}
     weights = Path(source) / WEIGHTS_NAME if source else None
     if weights is None or not weights.is_file():
         raise UserError("cannot identify the checkpoint (no model.safetensors behind the loaded model)")
