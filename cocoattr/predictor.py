@@ -57,6 +57,16 @@ def preprocess(images: Sequence[Image.Image], size: int, mean: np.ndarray, std: 
     return torch.from_numpy((batch - mean) / std)
 
 
+def inference_copy(backbone: nn.Module) -> nn.Module:
+    """An eval-mode copy of `backbone` with BatchNorm folded into its convolutions and
+    channels_last weights (~2x faster on CPU); the original is untouched. Feed it
+    channels_last input. Used by prediction and by the training feature cache."""
+    tensors = [*backbone.parameters(), *backbone.buffers()]
+    shared = {id(t): t for t in tensors if t.ndim < 4}  # copy only the conv weights
+    fast = fold_batchnorm(copy.deepcopy(backbone, memo=shared).eval())
+    return fast.to(memory_format=torch.channels_last)
+
+
 @dataclass
 class Prediction:
     """One image's result, detached from torch: what callers serialise or draw."""
@@ -103,9 +113,7 @@ class Predictor:
         tensors = [*backbone.parameters(), *backbone.buffers()]
         key = (id(backbone), *(t._version for t in tensors), *(t.data_ptr() for t in tensors))
         if self._fast is None or self._fast[0] != key:
-            shared = {id(t): t for t in tensors if t.ndim < 4}  # copy only the conv weights
-            fast = fold_batchnorm(copy.deepcopy(backbone, memo=shared).eval())
-            self._fast = (key, fast.to(memory_format=torch.channels_last))
+            self._fast = (key, inference_copy(backbone))
         return self._fast[1]
 
     @torch.inference_mode()
