@@ -34,6 +34,10 @@ from functools import lru_cache, wraps
 from pathlib import Path
 from typing import Any
 
+from cocoattr.allocator import tune_malloc
+
+tune_malloc()  # first: importing gradio starts a thread, and a thread's first malloc picks its arena
+
 import gradio as gr
 import numpy as np
 from PIL import Image
@@ -231,23 +235,6 @@ def search_index(
 
 
 # --------------------------------------------------------------------------- model threads
-
-
-def _cap_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each request thread its own malloc arena, and under many concurrent users the
-    resident memory grows with fragmentation across them; two arenas serve two CPU workers.
-    (mallopt(M_ARENA_MAX) at run time, equivalent to MALLOC_ARENA_MAX; a no-op off glibc.)"""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, arenas)  # -8 = M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
-_cap_malloc_arenas()
 
 
 def _concurrency() -> int:

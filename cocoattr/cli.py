@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from cocoattr.allocator import tune_malloc
 from cocoattr.errors import UserError
 
 
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_malloc()  # before any decode or model thread exists
     try:
         return int(args.func(args) or 0)
     except UserError as e:
