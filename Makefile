@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-weights.txt
 
 default: $(DEFAULT_CKPT)
 
-$(DEFAULT_CKPT): cocoattr/zeroshot.py cocoattr/model.py cocoattr/backbones.py cocoattr/vocab/attributes.json | $(STAMP)
+$(DEFAULT_CKPT): cocoattr/zeroshot.py cocoattr/model.py cocoattr/backbones.py cocoattr/predictor.py cocoattr/vocab/attributes.json | $(STAMP)
 	$(PY) -m cocoattr build-default
 
 index: $(GALLERY_INDEX)

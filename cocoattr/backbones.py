@@ -294,13 +294,20 @@ class FeatureGrid(nn.Module):
         rgb = (x[..., ::step, ::step] * self.std + self.mean).clamp(0, 1)
         return F.adaptive_avg_pool2d(colour_names(rgb), (gh, gw))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[features, concepts?, colour?], each (B, *, h, w): the grid before concatenation.
+
+        Concepts are per-cell ImageNet class probabilities, computed cell-major (a linear layer
+        and a softmax over the last dim) and returned as a channels_last view, no copy."""
         feats = self.body(x)
         parts = [feats]
         if self.classifier is not None:
-            logits = torch.einsum("bchw,kc->bkhw", feats, self.classifier.weight)
-            logits = logits + self.classifier.bias.view(1, -1, 1, 1)
-            parts.append(F.softmax(logits / self.concept_temperature, dim=1))
+            logits = self.classifier(feats.permute(0, 2, 3, 1))  # (B, h, w, K)
+            parts.append(F.softmax(logits / self.concept_temperature, dim=-1).permute(0, 3, 1, 2))
         if self.colour:
             parts.append(self.colour_channels(x, feats.shape[-2:]))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else feats
+        return parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = self.parts(x)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -130,6 +130,33 @@ class AttributeModel(
     def forward(self, images: torch.Tensor) -> AttributeOutput:
         return self.forward_head(self.backbone(images))
 
+    def forward_parts(self, parts: list[torch.Tensor]) -> AttributeOutput:
+        """`forward_head(torch.cat(parts, 1))` for `FeatureGrid.parts` output, without building
+        the concatenated grid. In inference each part is projected by its own block of
+        `token_proj`, and all-zero blocks are skipped: the zero-shot default never reads the
+        1280 raw CNN channels, which were ~half the head's time."""
+        if self.training or torch.is_grad_enabled():
+            return self.forward_head(torch.cat(parts, dim=1))
+        b, _, h, w = parts[0].shape
+        tokens = self.token_proj.bias
+        for part, weight in zip(parts, self._token_blocks([p.shape[1] for p in parts]), strict=True):
+            if weight is not None:
+                tokens = tokens + part.flatten(2).transpose(1, 2) @ weight
+        tokens = tokens.expand(b, h * w, -1)
+        if tokens.shape[1] == self.pos_embed.shape[1]:
+            tokens = tokens + self.pos_embed
+        return self._inference_head(tokens, h, w)
+
+    def _token_blocks(self, sizes: list[int]) -> list[torch.Tensor | None]:
+        """token_proj's weight split by input part, transposed, None where all zero (cached)."""
+        weight = self.token_proj.weight
+        key = (id(weight), weight._version, tuple(sizes))
+        cached = getattr(self, "_blocks", None)
+        if cached is None or cached[0] != key:
+            blocks = weight.detach().split(sizes, dim=1)
+            self._blocks = (key, [None if not blk.any() else blk.T.contiguous() for blk in blocks])
+        return self._blocks[1]
+
     def _inference_head(self, tokens: torch.Tensor, h: int, w: int) -> AttributeOutput:
         """The same function as the training path, with the image-independent work done once:
         projected queries are cached, and the attention's output projection is folded into the
