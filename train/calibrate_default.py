@@ -14,16 +14,21 @@ The numbers in `cocoattr/zeroshot.py` KNOBS["type_calibration"] come from the al
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from cocoattr import metrics
-from cocoattr.evaluation import load_eval_set
-from cocoattr.images import load_image
-from cocoattr.predictor import Predictor
-from cocoattr.vocab import TYPES
-from cocoattr.zeroshot import KNOBS, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, as train/train.py
+
+from cocoattr import metrics  # noqa: E402
+from cocoattr.evaluation import load_eval_set  # noqa: E402
+from cocoattr.images import load_image  # noqa: E402
+from cocoattr.predictor import Predictor  # noqa: E402
+from cocoattr.vocab import TYPES  # noqa: E402
+from cocoattr.zeroshot import KNOBS, build_model  # noqa: E402
 
 
 def raw_evidence(paths: list) -> tuple[np.ndarray, np.ndarray]:
