@@ -91,7 +91,9 @@ def ensure_default() -> Path:
     and rebuilt when the code or vocabulary that defines it has changed."""
     stamp = DEFAULT_DIR / "recipe.txt"
     recipe = default_recipe_hash()
-    current = (DEFAULT_DIR / WEIGHTS_NAME).is_file() and stamp.is_file() and stamp.read_text().strip() == recipe
+    current = (
+        (DEFAULT_DIR / WEIGHTS_NAME).is_file() and stamp.is_file() and stamp.read_text().strip() == recipe
+    )
     if not current:
         from cocoattr.zeroshot import build_default
 

@@ -138,7 +138,9 @@ def path_inside(root: str | os.PathLike, name: object, source: str, what: str = 
     parts = PurePosixPath(text).parts
     if (not text or "\\" in text or "\x00" in text or text.startswith("/") or ".." in parts
             or ":" in parts[0] or any(part in ("", ".") for part in text.split("/"))):  # fmt: skip
-        raise UserError(f"{source}: {what} {text!r} points outside {where or f'the folder {root}'}; refusing it")
+        raise UserError(
+            f"{source}: {what} {text!r} points outside {where or f'the folder {root}'}; refusing it"
+        )
     return Path(root) / text
 
 

@@ -123,7 +123,9 @@ class AttributeModel(
         q = self.queries().unsqueeze(0).expand(b, -1, -1)
         attended, weights = self.attn(q, tokens, tokens, need_weights=True, average_attn_weights=True)
         pooled = tokens.mean(1)
-        logits = (self.dropout(attended) * self.cls_weight).sum(-1) + pooled @ self.cls_global.T + self.cls_bias
+        logits = (
+            (self.dropout(attended) * self.cls_weight).sum(-1) + pooled @ self.cls_global.T + self.cls_bias
+        )
         embedding = F.normalize(self.image_proj(pooled), dim=-1)
         return AttributeOutput(logits=logits, maps=weights.reshape(b, -1, h, w), embedding=embedding)
 

@@ -245,7 +245,9 @@ def gallery_metrics(model) -> dict[str, float]:  # noqa: ANN001 - an AttributeMo
     from cocoattr.predictor import Predictor
 
     paths, labels, _ = load_eval_set("gallery", "all")
-    result = metrics.evaluate(score_images(Predictor(model), paths), labels, model.attributes, model.attribute_types)
+    result = metrics.evaluate(
+        score_images(Predictor(model), paths), labels, model.attributes, model.attribute_types
+    )
     keys = ("mAP", "mean_per_image_auc", "micro_f1", "macro_f1", "n_attributes_scored")
     return {f"gallery_{k}": result[k] for k in keys} | {"gallery_images": len(paths)}
 

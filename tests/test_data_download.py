@@ -141,7 +141,9 @@ def test_registry_lists_the_resources_with_known_sizes():
         "coco-images-train2014",
         "coco-attributes",
     }
-    assert dl.RESOURCES["coco-images-val2014"].files[0].url() == "http://images.cocodataset.org/zips/val2014.zip"
+    assert (
+        dl.RESOURCES["coco-images-val2014"].files[0].url() == "http://images.cocodataset.org/zips/val2014.zip"
+    )
     sizes = {f.filename: f.size for r in dl.RESOURCES.values() for f in r.files}
     assert sizes["annotations_trainval2017.zip"] == 252907541
     assert sizes["val2017.zip"] == 815585330

@@ -64,7 +64,9 @@ def test_bad_bytes_on_disk(tmp_path, content, message):
 
 def test_truncated_jpeg(tmp_path):
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf, "JPEG")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(
+        buf, "JPEG"
+    )
     path = tmp_path / "cut.jpg"
     path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
     with pytest.raises(UserError, match="cut.jpg"):

@@ -71,7 +71,10 @@ def test_config_that_disagrees_with_tensors_is_refused(tmp_path, small_model):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("{not json", "malformed JSON"), ('{"attributes": ["a"], "attribute_types": ["color"], "evil": 1}', "unknown")],
+    [
+        ("{not json", "malformed JSON"),
+        ('{"attributes": ["a"], "attribute_types": ["color"], "evil": 1}', "unknown"),
+    ],
 )
 def test_bad_config_json(tmp_path, small_model, text, message):
     folder = save_checkpoint(small_model, tmp_path / "ckpt")

@@ -36,7 +36,9 @@ def raw_evidence(paths: list) -> tuple[np.ndarray, np.ndarray]:
     images = [load_image(p) for p in paths]
     out = []
     for feature in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)):
-        predictor = Predictor(build_model(knobs=dict(KNOBS, type_calibration=dict.fromkeys(TYPES, list(feature)))))
+        predictor = Predictor(
+            build_model(knobs=dict(KNOBS, type_calibration=dict.fromkeys(TYPES, list(feature))))
+        )
         with torch.inference_mode():
             logits = [predictor.forward(images[i : i + 12]).logits.numpy() for i in range(0, len(images), 12)]
         out.append(np.concatenate(logits))
@@ -54,7 +56,11 @@ def fit(attn: np.ndarray, mean: np.ndarray, labels: np.ndarray, types: np.ndarra
             calibration[t] = [1.0, 1.0, -3.0]
             continue
         lr = LogisticRegression(C=10.0).fit(x, y)
-        calibration[t] = [round(float(lr.coef_[0, 0]), 3), round(float(lr.coef_[0, 1]), 3), round(float(lr.intercept_[0]), 3)]
+        calibration[t] = [
+            round(float(lr.coef_[0, 0]), 3),
+            round(float(lr.coef_[0, 1]), 3),
+            round(float(lr.intercept_[0]), 3),
+        ]
     return calibration
 
 

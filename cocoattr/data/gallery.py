@@ -100,7 +100,10 @@ def load_gallery(
     ids, paths, missing = [], [], []
     for image_id in sorted(coco.imgs):
         name = coco.imgs[image_id]["file_name"]
-        candidates = (path_inside(root, name, str(captions_path), "image file_name", "the gallery folder"), root / "images" / name)
+        candidates = (
+            path_inside(root, name, str(captions_path), "image file_name", "the gallery folder"),
+            root / "images" / name,
+        )
         path = next((p for p in candidates if p.is_file()), candidates[0])
         if check_files and not path.is_file():
             missing.append(name)
