@@ -242,14 +242,14 @@ class Predictor:
         return self.predict([image])[0]
 
     def predict_files(
-        self, paths: Iterable[str | os.PathLike], workers: int = 2
+        self, paths: Iterable[str | os.PathLike]
     ) -> Iterator[tuple[str, Prediction | UserError]]:
         """Yield (path, prediction or the error that skipped it), in order, batching good files.
 
         A bad file never stops the batch: callers report it and carry on.
         """
         pending: list[tuple[str, np.ndarray]] = []
-        for path, pixels in self._decoded(paths, workers):
+        for path, pixels in self._decoded(paths):
             if isinstance(pixels, UserError):
                 yield from self._flush(pending)
                 pending = []
@@ -261,10 +261,8 @@ class Predictor:
                 pending = []
         yield from self._flush(pending)
 
-    def _decoded(
-        self, paths: Iterable[str | os.PathLike], workers: int
-    ) -> Iterator[tuple[str, np.ndarray | UserError]]:
-        """Files decoded and resized by `workers` threads ahead of the model, in order, at most
+    def _decoded(self, paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, np.ndarray | UserError]]:
+        """Files decoded and resized by the decode threads ahead of the model, in order, at most
         two batches ahead (Pillow releases the GIL, so this overlaps with the forward pass)."""
 
         def load(path: str | os.PathLike) -> np.ndarray | UserError:
@@ -273,16 +271,15 @@ class Predictor:
             except UserError as e:
                 return e
 
-        window: deque = deque()
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for path in paths:
-                window.append((str(path), pool.submit(load, path)))
-                if len(window) >= 2 * self.batch_size:
-                    done_path, future = window.popleft()
-                    yield done_path, future.result()
-            while window:
+        pool, window = self._decode_pool(), deque()
+        for path in paths:
+            window.append((str(path), pool.submit(load, path)))
+            if len(window) >= 2 * self.batch_size:
                 done_path, future = window.popleft()
                 yield done_path, future.result()
+        while window:
+            done_path, future = window.popleft()
+            yield done_path, future.result()
 
     def _flush(self, pending: list[tuple[str, np.ndarray]]) -> Iterator[tuple[str, Prediction]]:
         if pending:
