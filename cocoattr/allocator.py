@@ -1,9 +1,10 @@
 """glibc malloc settings for a process that runs CNN forwards over and over.
 
-glibc serves each activation buffer over ~128 KB from a fresh mmap and unmaps it on free, so
-every forward pass page-faults its whole working set back in: ~80,000 faults (320 MB of
-zeroed pages) per MobileNetV2 batch of 16 at 288 px, which made the CNN ~1.5x slower than it
-is (`bench/`). Keeping freed memory in one arena turns the next forward's buffers into reuse.
+glibc serves each buffer above its mmap threshold (128 KB, rising to at most 32 MB) from a
+fresh mmap and unmaps it on free, so every forward pass page-faults its large activations
+back in: ~86,000 faults (~340 MB of zeroed pages) per MobileNetV2 batch of 16 at 288 px,
+which made predict 1.3-1.6x slower than it is (`bench/`). Keeping freed memory in one arena
+turns the next forward's buffers into reuse. At batch 1 nothing changes (no faults either way).
 
 Process-wide, so entry points call `tune_malloc()` (CLI, app, bench), not library classes.
 """

@@ -96,9 +96,9 @@ def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
     """The whole image squashed to (size, size, 3) uint8 by antialiased bilinear resampling.
 
     torch's uint8 kernel (the one torchvision's v2 transforms use) gives Pillow's result to
-    within 2 grey levels (mean 0.01) at ~3x its speed (1.7 -> 0.55 ms for a 512 px photo). It releases the
-    GIL, so `Predictor` runs it in its decode threads. Sources 6x the target or more (big
-    PNGs; JPEGs arrive draft-decoded) stay with Pillow, whose box pre-reduction
+    within 2 grey levels (mean 0.01) at ~3x its speed: 1.7 -> 0.55 ms for a 512 px photo. It
+    releases the GIL, so `Predictor` runs it in its decode threads. Sources 6x the target or
+    more (big PNGs; JPEGs arrive draft-decoded) stay with Pillow, whose box pre-reduction
     (`reducing_gap=3`) is faster there: 20 vs 54 ms for 12 MP."""
     if max(image.width, image.height) >= 6 * size:
         return np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
@@ -151,7 +151,7 @@ class Prediction:
 class Predictor:
     """A checkpoint ready for CPU inference: decode threads, the fused inference backbone and
     the cached head. In your own process, call `cocoattr.allocator.tune_malloc()` first, as
-    the CLI and the app do: at batch 16 it is worth 1.5x (`bench/`)."""
+    the CLI and the app do: at batch 16 it is worth 1.3-1.6x (`bench/`)."""
 
     def __init__(
         self, model: AttributeModel, batch_size: int = 16, threads: int | None = None, decode_workers: int = 2
