@@ -36,7 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 
 from cocoattr.allocator import tune_malloc  # noqa: E402
 
@@ -184,23 +183,21 @@ def bench_predict(pred, files: list[Path], quick: bool) -> dict:
     model = pred.model
     fast = pred.inference_backbone()
 
-    def eager_predict(paths: list[Path]) -> None:
+    def eager_predict(paths: list[Path]) -> dict[str, np.ndarray]:
         """The training-time function: eager NCHW backbone, nn.MultiheadAttention head (grad on)."""
         with torch.enable_grad():
             o = model(pred.preprocess([load_image(p) for p in paths]).contiguous())
-            o.probs.detach().numpy(), o.maps.detach().numpy(), o.embedding.detach().numpy()
+            return {"probs": o.probs.detach().numpy(), "maps": o.maps.detach().numpy(),
+                    "embedding": o.embedding.detach().numpy()}  # fmt: skip
 
     # correctness: the optimised inference path against the training-time function, all photos
     diffs = {"probs": 0.0, "maps": 0.0, "embedding": 0.0}
     for i in range(0, len(files), 16):
         chunk = files[i : i + 16]
         new = pred.predict(chunk)
-        with torch.enable_grad():
-            o = model(pred.preprocess([load_image(p) for p in chunk]).contiguous())
-            o = type(o)(o.logits.detach(), o.maps.detach(), o.embedding.detach())
-        for k, ref in (("probs", o.probs), ("maps", o.maps), ("embedding", o.embedding)):
+        for k, ref in eager_predict(chunk).items():
             got = np.stack([getattr(p, k) for p in new])
-            diffs[k] = max(diffs[k], float(np.abs(got - ref.numpy()).max()))
+            diffs[k] = max(diffs[k], float(np.abs(got - ref).max()))
     out: dict = {"max_abs_diff_vs_eager_path": diffs, "batches": {}}
 
     for batch in (1, 16):
@@ -225,7 +222,7 @@ def bench_predict(pred, files: list[Path], quick: bool) -> dict:
                 ),
                 "normalize to channels_last": lambda: normalize(pixels, pred.mean, pred.std),
                 "backbone body": lambda: fast.body(x_cl),
-                "concept channels": lambda: F.softmax(fast.classifier(feats.permute(0, 2, 3, 1)), dim=-1),
+                "concept channels": lambda: fast.concepts(feats),
                 "colour channels": lambda: fast.colour_channels(x_cl, feats.shape[-2:]),
                 "attribute head (forward_parts)": lambda: model.forward_parts(grid_parts),
             },

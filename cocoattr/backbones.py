@@ -294,16 +294,19 @@ class FeatureGrid(nn.Module):
         rgb = (x[..., ::step, ::step] * self.std + self.mean).clamp(0, 1)
         return F.adaptive_avg_pool2d(colour_names(rgb), (gh, gw))
 
-    def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[features, concepts?, colour?], each (B, *, h, w): the grid before concatenation.
+    def concepts(self, feats: torch.Tensor) -> torch.Tensor:
+        """Per-cell ImageNet class probabilities (B, K, h, w) from body features, computed
+        cell-major (a linear layer and a softmax over the last dim) and returned as a
+        channels_last view, no copy."""
+        logits = self.classifier(feats.permute(0, 2, 3, 1))  # (B, h, w, K)
+        return F.softmax(logits / self.concept_temperature, dim=-1).permute(0, 3, 1, 2)
 
-        Concepts are per-cell ImageNet class probabilities, computed cell-major (a linear layer
-        and a softmax over the last dim) and returned as a channels_last view, no copy."""
+    def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[features, concepts?, colour?], each (B, *, h, w): the grid before concatenation."""
         feats = self.body(x)
         parts = [feats]
         if self.classifier is not None:
-            logits = self.classifier(feats.permute(0, 2, 3, 1))  # (B, h, w, K)
-            parts.append(F.softmax(logits / self.concept_temperature, dim=-1).permute(0, 3, 1, 2))
+            parts.append(self.concepts(feats))
         if self.colour:
             parts.append(self.colour_channels(x, feats.shape[-2:]))
         return parts
