@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-# ============================================================================ app fixtures
-# Used by tests/test_app.py and tests/test_app_browser.py: one app server per test session,
-# launched in a background thread on a free 127.0.0.1 port with the embedded default model
-# and a gallery index built at start-up into a temporary file (exercising that code path).
 import os
 import socket
 import struct
@@ -18,6 +14,55 @@ from typing import Any
 
 import pytest
 
+# ============================================================================ checkpoints
+# The embedded default is built by an explicit step (`make default`, which `make test` runs
+# first); tests read it and never build into the source tree. Tests that need other
+# checkpoints save them under tmp_path.
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint() -> Path:
+    """checkpoints/default, which `make test` builds first; a clear failure when it is missing."""
+    from cocoattr.checkpoints import default_dir
+    from cocoattr.errors import UserError
+
+    try:
+        return default_dir()
+    except UserError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """A factory: a small AttributeModel with random weights everywhere, BatchNorm statistics
+    included (so folding them is tested); `zero_features` zeroes the raw-CNN token block."""
+    import torch
+
+    from cocoattr.model import AttributeModel
+
+    def make(zero_features: bool = False) -> AttributeModel:
+        torch.manual_seed(0)
+        model = AttributeModel(["red", "furry", "outdoor", "wooden"], ["color", "texture", "scene", "material"],
+                               image_size=96, dim=64, heads=8, embed_dim=32)  # fmt: skip
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.05)
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.1)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+            if zero_features:
+                model.token_proj.weight[:, : model.backbone.feature_channels] = 0
+        return model.eval()
+
+    return make
+
+
+# ============================================================================ app fixtures
+# Used by tests/test_app.py and tests/test_app_browser.py: one app server per test session,
+# launched in a background thread on a free 127.0.0.1 port with the embedded default model
+# and a gallery index built at start-up into a temporary file (exercising that code path).
 APP_GALLERY = Path(__file__).resolve().parent.parent / "cocoattr" / "gallery" / "images"
 APP_ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -52,11 +97,11 @@ def _wait_served(url: str, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def app_predictor():
-    """COCOATTR_CHECKPOINT if set, else the embedded default by name (no Hub attempt in tests)."""
+def app_predictor(default_checkpoint):
+    """COCOATTR_CHECKPOINT if set, else the embedded default (no Hub attempt in tests)."""
     from cocoattr.predictor import Predictor
 
-    return Predictor.from_checkpoint(os.environ.get("COCOATTR_CHECKPOINT") or "default")
+    return Predictor.from_checkpoint(os.environ.get("COCOATTR_CHECKPOINT") or default_checkpoint)
 
 
 @pytest.fixture(scope="session")

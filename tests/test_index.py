@@ -211,17 +211,8 @@ def test_search_ranks_by_all_terms(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """checkpoints/default if it loads with the current model code, else a fresh build in a temp dir
-    (the embedded default is rebuilt by others as the zero-shot builder changes)."""
-    from cocoattr.hub import DEFAULT_DIR, load_model
-    from cocoattr.zeroshot import build_default
-
-    try:
-        load_model(DEFAULT_DIR)
-        return DEFAULT_DIR
-    except UserError:
-        return build_default(tmp_path_factory.mktemp("checkpoint") / "default")
+def checkpoint(default_checkpoint) -> Path:
+    return default_checkpoint
 
 
 @pytest.fixture(scope="module")
