@@ -28,21 +28,18 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import shutil
-import stat
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from cocoattr.atomic import atomic_write_text
 from cocoattr.data import verify
+from cocoattr.data.verify import MAX_RATIO, MAX_TOTAL_BYTES, safe_extract  # noqa: F401 (re-exported)
 from cocoattr.errors import UserError
 
 BASE_URL_ENV = "COCOATTR_DATA_BASE_URL"
@@ -578,95 +575,3 @@ def verify_sidecar(path: Path) -> bool:
     if not sidecar.is_file():
         return False
     return verify.digests(Path(path))[1] == _recorded_sha256(sidecar)
-
-
-# --- extracting ---------------------------------------------------------------------------
-
-MAX_TOTAL_BYTES = 64 << 30  # train2017.zip holds ~19.3 GB of JPEGs
-MAX_RATIO = 200  # JSON compresses ~5-10x, JPEG ~1x; zip bombs are 1000x and more
-RATIO_MIN_BYTES = 1 << 20  # tiny members may compress absurdly well without harm
-
-
-def _member_target(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
-    """The checked relative path of a member (None for directories); raises on anything unsafe."""
-    name = info.filename
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        raise UserError(f"{archive}: refusing to extract symlink member {name!r}")
-    if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise UserError(f"{archive}: refusing to extract member with an absolute path {name!r}")
-    path = PurePosixPath(name)
-    if any(p == ".." for p in path.parts):
-        raise UserError(f"{archive}: refusing to extract member {name!r}, which points outside the folder")
-    if info.is_dir() or not path.parts:
-        return None
-    return path
-
-
-def _marker(dest: Path, archive: Path) -> Path:
-    return dest / ".extracted" / (archive.name + ".txt")
-
-
-def safe_extract(
-    archive: Path, dest: Path, *, max_total: int = MAX_TOTAL_BYTES, max_ratio: float = MAX_RATIO
-) -> list[Path]:
-    """Extract `archive` into `dest` after checking every member; skip if already extracted.
-
-    Files land in a temporary folder inside `dest` and are renamed into place one by one, so an
-    interrupted extraction never leaves a half-written file under its real name; a marker listing
-    the members is written last and lets the next call skip the work.
-    """
-    archive, dest = Path(archive), Path(dest)
-    marker = _marker(dest, archive)
-    if marker.is_file():
-        members = [dest / line for line in marker.read_text(encoding="utf-8").splitlines() if line]
-        if all(m.exists() for m in members):
-            return members
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"{archive}: not a readable zip file ({e}); delete it and download again") from None
-    with zf:
-        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-        total = 0
-        for info in zf.infolist():
-            target = _member_target(info, archive)
-            if target is None:
-                continue
-            total += info.file_size
-            if total > max_total:
-                raise UserError(f"{archive}: refusing to extract over {max_total} bytes (possible zip bomb)")
-            if info.file_size > RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
-                raise UserError(
-                    f"{archive}: member {info.filename!r} expands "
-                    f"{info.file_size / max(info.compress_size, 1):.0f}x "
-                    "(possible zip bomb); refusing to extract"
-                )
-            plan.append((info, target))
-        dest.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(dest).free
-        if total > free:
-            raise UserError(f"{archive}: needs {total} bytes to extract but only {free} are free in {dest}")
-        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
-        try:
-            for info, target in plan:
-                out_path = tmp.joinpath(*target.parts)
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                written = 0
-                with zf.open(info) as src, open(out_path, "wb") as out:
-                    while chunk := src.read(CHUNK):
-                        written += len(chunk)
-                        if written > info.file_size:  # header lied about the size
-                            raise UserError(f"{archive}: member {info.filename!r} is larger than declared")
-                        out.write(chunk)
-            for _, target in plan:
-                final = dest.joinpath(*target.parts)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp.joinpath(*target.parts), final)
-        except zipfile.BadZipFile as e:
-            raise UserError(f"{archive}: corrupt zip ({e}); delete it and download again") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("".join(f"{t}\n" for _, t in plan), encoding="utf-8")
-    return [dest.joinpath(*t.parts) for _, t in plan]
