@@ -336,6 +336,21 @@ def test_stale_sidecar_against_the_recorded_sha256_is_fetched_again(server, tmp_
     assert dest.read_bytes() == BLOB and dl.verify_sidecar(dest)
 
 
+def test_complete_file_is_skipped_and_a_wrong_one_fetched_again(server, tmp_path):
+    dest = tmp_path / "x.bin"
+    dest.write_bytes(BLOB)  # no sidecar: the recorded size vouches for it
+    assert dl.fetch(server.url + "/data/x.bin", dest, size=len(BLOB)) == dest
+    assert server.requests == []
+    dest.write_bytes(BLOB[:-1])  # the wrong size, even with a sidecar
+    dest.with_name("x.bin.sha256").write_text(f"{hashlib.sha256(BLOB[:-1]).hexdigest()}  x.bin\n")
+    dl.fetch(server.url + "/data/x.bin", dest, size=len(BLOB))
+    assert dest.read_bytes() == BLOB and dl.verify_sidecar(dest) and len(server.requests) == 1
+    other = tmp_path / "y.bin"
+    other.write_bytes(BLOB[:-1])  # unknown size and no sidecar: nothing vouches for it
+    dl.fetch(server.url + "/data/x.bin", other)
+    assert other.read_bytes() == BLOB and len(server.requests) == 2
+
+
 # --- stalls ----------------------------------------------------------------------------------
 
 
