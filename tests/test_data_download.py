@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import socket
 import stat
 import threading
@@ -254,7 +255,17 @@ def test_unknown_resource_and_bad_base_url(tmp_path):
 
 
 def test_run_download_fetches_a_plain_file(mirror, tmp_path, capsys, monkeypatch):
-    blob = b"not really a pickle"
+    # A small real pickle (the download checks the header and STOP opcode) under an entry without
+    # the real file's recorded size and sha256.
+    blob = pickle.dumps({"ann_vecs": {}, "split": {}}, protocol=4)
+    entry = dl.Resource(
+        "coco-attributes",
+        "test",
+        (dl.RemoteFile(dl.COCOTTRIBUTES_BASE, "data/cocottributes_eccv_version.pkl"),),
+        None,
+        ("cocottributes/cocottributes_eccv_version.pkl",),
+    )
+    monkeypatch.setitem(dl.RESOURCES, "coco-attributes", entry)
     mirror.files["/data/cocottributes_eccv_version.pkl"] = blob
     args = SimpleNamespace(names=["coco-attributes"], root=str(tmp_path), base_url=mirror.url)
     assert dl.run_download(args) == 0
