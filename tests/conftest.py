@@ -134,3 +134,48 @@ def app_artifacts() -> Path:
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from test servers
 # ============================================================================ end of app fixtures
+
+
+# ============================================================================ index fixtures
+# Used by tests/test_index.py, tests/test_search.py and tests/test_cli.py: the embedded default
+# checkpoint and a small real index built through `cocoattr index build`, once per session.
+import shutil  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """checkpoints/default if it loads with the current model code, else a fresh build in a temp dir
+    (the embedded default is rebuilt by others as the zero-shot builder changes)."""
+    from cocoattr.errors import UserError
+    from cocoattr.hub import DEFAULT_DIR, load_model
+    from cocoattr.zeroshot import build_default
+
+    try:
+        load_model(DEFAULT_DIR)
+        return DEFAULT_DIR
+    except UserError:
+        return build_default(tmp_path_factory.mktemp("checkpoint") / "default")
+
+
+@pytest.fixture(scope="session")
+def real_index(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> tuple[Path, Path]:
+    """A few gallery photos plus one broken file, indexed through the CLI with the default checkpoint."""
+    from cocoattr.cli import main
+
+    root = tmp_path_factory.mktemp("real") / "photos"
+    root.mkdir()
+    for name in (
+        "gradio_lion.jpg",
+        "skimage_coffee.jpg",
+        "foolbox_imagenet_06_609_jeep.jpg",
+        "sklearn_flower.jpg",
+    ):
+        shutil.copy(APP_GALLERY / name, root / name)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = root.parent / "index.npz"
+    code = main(["index", "build", "--images", str(root), "--checkpoint", str(checkpoint), "--out", str(out)])
+    assert code == 1  # one unreadable image: reported, skipped, index still written
+    return root, out
+
+
+# ============================================================================ end of index fixtures
