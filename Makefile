@@ -19,7 +19,8 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-weights.txt
 
 default: $(DEFAULT_CKPT)
 
-$(DEFAULT_CKPT): cocoattr/zeroshot.py cocoattr/model.py cocoattr/backbones.py cocoattr/predictor.py cocoattr/vocab/attributes.json | $(STAMP)
+# The files zeroshot.RECIPE_FILES hashes: the default is rebuilt when one of them changes.
+$(DEFAULT_CKPT): cocoattr/zeroshot.py cocoattr/model.py cocoattr/backbones.py cocoattr/features.py cocoattr/vocab/attributes.json | $(STAMP)
 	$(PY) -m cocoattr build-default
 
 index: $(GALLERY_INDEX)
@@ -37,11 +38,13 @@ browser:
 
 test: install default browser
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: install default
 	$(PY) bench/run.py

@@ -21,13 +21,10 @@ API (gradio_client): /predict(image, top_k=0, threshold=0.0) -> {attribute: prob
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -37,17 +34,14 @@ from cocoattr.allocator import tune_malloc
 tune_malloc()  # first: importing gradio starts a thread, and a thread's first malloc picks its arena
 
 import gradio as gr
-import numpy as np
 
 from cocoattr import viz
-from cocoattr.cache import PredictionCache
 from cocoattr.data.gallery import gallery_root
 from cocoattr.errors import UserError
 from cocoattr.hub import read_metrics
-from cocoattr.images import load_image
 from cocoattr.index import GALLERY, Index, open_or_build
-from cocoattr.predictor import Prediction, Predictor
-from cocoattr.search import Results, find
+from cocoattr.predictor import Predictor
+from cocoattr.serving import EMPTY_QUERY, Service
 from cocoattr.vocab import TYPES
 
 ENV_INDEX = "COCOATTR_INDEX"
@@ -70,7 +64,6 @@ QUERY_EXAMPLES = (
     "a cup of coffee on a table",
     "metal, vehicle",
 )
-EMPTY_QUERY = "type attributes like 'furry, animal' or 'red, -indoor'"
 UI = {"api_visibility": "undocumented"}  # the UI's own events stay out of view_api()
 t0 = time.perf_counter()
 
@@ -128,24 +121,11 @@ def image_input(**kwargs: Any) -> gr.Image:
     return component
 
 
-# --------------------------------------------------------------------------- serving state
-
-
-_model_threads: ThreadPoolExecutor | None = None
+# --------------------------------------------------------------------------- start-up
 
 
 def _concurrency() -> int:
     return max(1, int(os.environ.get(ENV_CONCURRENCY, "2") or 2))
-
-
-def on_model_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    """Run model work on one fixed pool of `COCOATTR_CONCURRENCY` threads. Gradio calls handlers
-    from a large, changing thread pool, and every new thread that enters torch gets its own
-    OpenMP team and allocator state, so memory crept up with each thread used."""
-    global _model_threads
-    if _model_threads is None:
-        _model_threads = ThreadPoolExecutor(_concurrency(), thread_name_prefix="cocoattr-model")
-    return _model_threads.submit(fn, *args, **kwargs).result()
 
 
 def open_index(predictor: Predictor) -> Index:
@@ -156,82 +136,26 @@ def open_index(predictor: Predictor) -> Index:
     return open_or_build(predictor, images, os.environ.get(ENV_INDEX, "").strip() or None, say=log)
 
 
-@dataclass
-class Served:
-    """What every tab and endpoint shares: the model, the index, recent predictions."""
-
-    predictor: Predictor
-    index: Index
-    cache: PredictionCache = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.cache = PredictionCache(lambda image: on_model_thread(self.predictor.predict_one, image))
-
-    @property
-    def names(self) -> list[str]:
-        return self.predictor.attributes
-
-    @property
-    def type_order(self) -> list[str]:
-        return [t for t in TYPES if t in self.predictor.attribute_types]
-
-    def attribute(self, pred: Prediction, attribute: str | None) -> str:
-        """The attribute asked for (validated, with suggestions), or the prediction's top one."""
-        attribute, names = (attribute or "").strip(), self.names
-        if not attribute:
-            return names[int(np.argmax(pred.probs))]
-        if attribute not in names:
-            close = difflib.get_close_matches(attribute.lower(), names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UserError(f"unknown attribute {attribute!r}{hint}")
-        return attribute
-
-    def overlay(self, image: Any, pred: Prediction, attribute: str, opacity: float, cmap: str) -> Any:
-        return viz.overlay(image, pred.maps[self.names.index(attribute)], opacity, cmap)
-
-    def search(self, query: str, top_k: int, image: str | None) -> Results:
-        """`cocoattr.search.find` on the model threads (an image query runs the model; free text MiniLM)."""
-        photo = load_image(image, name=Path(image).name) if image else None  # no server paths in errors
-        return on_model_thread(find, self.index, query, image=photo, k=top_k, predictor=self.predictor)
-
-
 # --------------------------------------------------------------------------- the named API
 
 
-def api_endpoints(s: Served) -> None:
+def api_endpoints(s: Service) -> None:
     """/predict, /heatmap, /search: plain values in, JSON-able values out, on hidden components."""
 
     @user_errors
     def api_predict(image: str, top_k: int = 0, threshold: float = 0.0) -> dict[str, float]:
         """Every attribute's probability (or the top_k / those >= threshold), highest first."""
-        if not image:
-            raise UserError("no image given")
-        pred = s.cache.get(image).prediction
-        k = int(top_k) if top_k and int(top_k) > 0 else len(s.names)
-        top = viz.top_attributes(pred.probs, s.names, k)
-        return {n: round(p, 5) for n, p in top if p >= float(threshold or 0)}
+        return s.probabilities(image, top_k, threshold)
 
     @user_errors
     def api_heatmap(image: str, attribute: str = "", opacity: float = 0.5, colormap: str = viz.DEFAULT_CMAP):
         """The full-size input with `attribute`'s attention map overlaid (default: the top attribute)."""
-        if not image:
-            raise UserError("no image given")
-        pred = s.cache.get(image).prediction
-        attribute = s.attribute(pred, attribute)
-        full = load_image(image, name=Path(image).name)
-        try:
-            return s.overlay(full, pred, attribute, float(opacity), colormap or viz.DEFAULT_CMAP)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        return s.heatmap(image, attribute, opacity, colormap)
 
     @user_errors
     def api_search(query: str = "", top_k: int = 10, image: str | None = None) -> list[dict]:
         """Ranked images for an attribute query ('red, furry, -indoor'), free text, or a query photo."""
-        query = (query or "").strip()
-        if not query and not image:
-            raise UserError(f"empty query: {EMPTY_QUERY}, or give a photo")
-        result = s.search(query, max(1, min(int(top_k or 10), 100)), image or None)
-        return [h.to_api(i + 1) for i, h in enumerate(result.hits)]
+        return s.search_rows(query, top_k, image)
 
     with gr.Column(visible=False):  # API-only inputs/outputs: hidden, so the endpoints have clean signatures
         a_image = image_input(label="image")
@@ -254,14 +178,14 @@ def api_endpoints(s: Served) -> None:
 # --------------------------------------------------------------------------- tabs
 
 
-def predict_tab(s: Served, examples: list[list[str]]) -> tuple[gr.Image, Any]:
+def predict_tab(s: Service, examples: list[list[str]]) -> tuple[gr.Image, Any]:
     """Photo in, per-type probability bars out; returns (the photo input, its change event)."""
     type_order = s.type_order
 
     def ui_predict(image: str | None, top_k: float, threshold: float) -> list:
         if not image:
             return [gr.Label(value=None) for _ in type_order] + [""]
-        item = user_errors(s.cache.get)(image)
+        item = user_errors(s.prediction)(image)
         probs = item.prediction.probs
         bars = viz.bars_by_type(probs, s.names, s.predictor.attribute_types, int(top_k), float(threshold))
         labels = [
@@ -304,7 +228,7 @@ def predict_tab(s: Served, examples: list[list[str]]) -> tuple[gr.Image, Any]:
     return image, changed
 
 
-def heatmap_tab(s: Served) -> gr.Image:
+def heatmap_tab(s: Service) -> gr.Image:
     """Where the model sees an attribute: one overlay plus side-by-side tiles; returns the photo input."""
     names = s.names
 
@@ -312,7 +236,7 @@ def heatmap_tab(s: Served) -> gr.Image:
                    n: float, opacity: float, cmap: str) -> tuple:  # fmt: skip
         if not image:
             return gr.Image(value=None, label="overlay"), []
-        item = user_errors(s.cache.get)(image)
+        item = user_errors(s.prediction)(image)
         shown, pred = item.shown, item.prediction
         attribute = user_errors(s.attribute)(pred, attribute)
         p = pred.probs[names.index(attribute)]
@@ -364,7 +288,7 @@ def heatmap_tab(s: Served) -> gr.Image:
     return image
 
 
-def _search_tiles(s: Served, query: str, image: str | None, top_k: float) -> tuple:
+def _search_tiles(s: Service, query: str, image: str | None, top_k: float) -> tuple:
     """The Search tab's (gallery tiles, notes) for a query or a query photo."""
     query = (query or "").strip()
     if not query and not image:
@@ -395,7 +319,7 @@ def _add_term(query: str, term: str | None, mode: str) -> tuple:
     return (f"{query}, {term}" if query else term), gr.Dropdown(value=None)
 
 
-def search_tab(s: Served) -> None:
+def search_tab(s: Service) -> None:
     """Attribute query, free text or a query photo -> a gallery of ranked images with why they rank."""
     with gr.Tab("Search", id="search"):
         with gr.Row():
@@ -493,7 +417,7 @@ def build_demo(predictor: Predictor | None = None, index: Index | None = None) -
         log("opening the search index")
         index = open_index(predictor)
         log(f"index ready: {len(index)} images")
-    s = Served(predictor, index)
+    s = Service(predictor, index, _concurrency())
     gallery_images = gallery_root() / "images"
     gr.set_static_paths([str(index.root), str(gallery_images)])  # serve results and examples in place
     examples = [[str(gallery_images / n)] for n in EXAMPLE_NAMES if (gallery_images / n).is_file()]

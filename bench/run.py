@@ -126,7 +126,7 @@ def load_predictor(tmp: Path):
 
 def _predict_batch(pred, fast, files: list[Path], batch: int, quick: bool, eager_predict) -> dict:  # noqa: ANN001
     from cocoattr.images import load_image
-    from cocoattr.predictor import normalize
+    from cocoattr.transforms import normalize
 
     model = pred.model
     reps = (12 if quick else 30) if batch == 1 else (4 if quick else 8)
@@ -181,7 +181,7 @@ def bench_predict(pred, files: list[Path], quick: bool) -> dict:
     from cocoattr.images import load_image
 
     model = pred.model
-    fast = pred.inference_backbone()
+    fast = pred.engine.prepared_backbone()
 
     def eager_predict(paths: list[Path]) -> dict[str, np.ndarray]:
         """The training-time function: eager NCHW backbone, nn.MultiheadAttention head (grad on)."""
@@ -204,7 +204,7 @@ def bench_predict(pred, files: list[Path], quick: bool) -> dict:
         out["batches"][str(batch)] = _predict_batch(pred, fast, files, batch, quick, eager_predict)
 
     # where the remaining time goes (batch 16, medians of interleaved parts)
-    from cocoattr.predictor import normalize
+    from cocoattr.transforms import normalize
 
     paths = files[:16]
     pool = pred._decode_pool()
@@ -224,7 +224,7 @@ def bench_predict(pred, files: list[Path], quick: bool) -> dict:
                 "backbone body": lambda: fast.body(x_cl),
                 "concept channels": lambda: fast.concepts(feats),
                 "colour channels": lambda: fast.colour_channels(x_cl, feats.shape[-2:]),
-                "attribute head (forward_parts)": lambda: model.forward_parts(grid_parts),
+                "attribute head (InferenceModel.head)": lambda: pred.engine.head(grid_parts),
             },
             3 if quick else 5,
         )
@@ -352,9 +352,9 @@ def bench_search(attributes: list[str], quick: bool) -> dict:
 
 
 def bench_train(checkpoint: str, files: list[Path], quick: bool) -> dict:
-    from cocoattr.hub import load_model
+    from cocoattr.checkpoints import load_model
     from cocoattr.images import load_image
-    from cocoattr.predictor import inference_copy
+    from cocoattr.inference import inference_copy
     from cocoattr.train import (
         Preprocess,
         TrainConfig,

@@ -61,9 +61,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1, **kwargs: Any) -> Path:
-    """JSON with NaN refused (`allow_nan=False`): a NaN metric is a bug to see, not a file to ship."""
-    text = json.dumps(data, indent=indent, allow_nan=False, **kwargs)
-    return atomic_write_text(path, text)
+    return atomic_write_text(path, json.dumps(data, indent=indent, **kwargs))
 
 
 @contextmanager

@@ -8,11 +8,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from cocoattr.allocator import tune_malloc
 from cocoattr.errors import UserError, notice
+
+
+def writable_file(path: str | Path) -> Path:
+    """An output file path checked before any work starts: not a folder, and its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a file name to write")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write in {parent} (permission denied)")
+    return path
 
 
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
@@ -52,20 +68,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cocoattr.evaluation import run_evaluate
+    from cocoattr.atomic import atomic_write_json
+    from cocoattr.evaluation import evaluate_checkpoint, format_table
 
-    return run_evaluate(args)
+    out = writable_file(args.out) if args.out else None
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline)
+    print(format_table(result))
+    if out is not None:
+        atomic_write_json(out, result)
+    return 0
 
 
 def cmd_build_default(args: argparse.Namespace) -> int:
-    from cocoattr.errors import notice
-    from cocoattr.hub import DEFAULT_DIR, ensure_default
-    from cocoattr.zeroshot import build_default
+    from cocoattr.checkpoints import DEFAULT_DIR
+    from cocoattr.evaluation import gallery_metrics
+    from cocoattr.zeroshot import RECIPE_NAME, build_default, recipe_hash
 
-    if args.out is None and args.backbone == "mobilenet_v2" and not args.force:
-        notice(f"embedded default ready in {ensure_default()}")
+    stamp = DEFAULT_DIR / RECIPE_NAME
+    current = stamp.is_file() and stamp.read_text().strip() == recipe_hash()
+    if args.out is None and args.backbone == "mobilenet_v2" and not args.force and current:
+        notice(f"embedded default ready in {DEFAULT_DIR}")
         return 0
-    out = build_default(Path(args.out or DEFAULT_DIR), backbone=args.backbone)
+    out = Path(args.out or DEFAULT_DIR)
+    if args.out is None:
+        notice(f"building the embedded zero-shot default into {out}")
+    out = build_default(out, backbone=args.backbone, measure=gallery_metrics)
     notice(f"wrote {out}")
     return 0
 
@@ -169,9 +196,25 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def cmd_data_mine(args: argparse.Namespace) -> int:
-    from cocoattr.data.captions import run_mine
+    from cocoattr.atomic import atomic_write_text
+    from cocoattr.data.captions import CaptionMiner, format_report, miner_report
+    from cocoattr.data.coco import captions_by_image, load_coco
+    from cocoattr.data.gallery import read_hand_labels
+    from cocoattr.vocab import load_vocabulary
 
-    return run_mine(args)
+    out = writable_file(args.out) if args.out else None
+    vocab = load_vocabulary()
+    captions = captions_by_image(load_coco(Path(args.captions), "captions"))
+    hand = read_hand_labels(Path(args.labels), vocab) if args.labels else None
+    report = miner_report(captions, hand, miner=CaptionMiner(vocab, min_votes=args.min_votes or 1))
+    print(format_report(report))
+    if out is not None:
+        try:
+            atomic_write_text(out, json.dumps(report, indent=1) + "\n")
+        except OSError as e:
+            raise UserError(f"{out}: cannot write the report ({e.strerror or e})") from None
+        print(f"wrote {out}")
+    return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -179,6 +222,32 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     print(push_to_hub(args.checkpoint, args.repo, private=args.private))
     return 0
+
+
+def _add_index_commands(sub: argparse._SubParsersAction) -> None:
+    """`index build`, `index recall` and `search`."""
+    p = sub.add_parser("index", help="retrieval index over a set of images")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="build or update an index")
+    _add_checkpoint(b)
+    b.add_argument("--images", required=True, help="folder of images, or 'gallery'")
+    b.add_argument("--out", required=True, help="index file to write")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.set_defaults(func=cmd_index)
+    r = isub.add_parser("recall", help="Recall@K of attribute search on the hand-labelled gallery")
+    r.add_argument(
+        "--checkpoint", default="default", help="checkpoint to index the gallery with (default: 'default')"
+    )
+    r.add_argument("--index", default=None, help="use this gallery index instead of building a temporary one")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_index_recall)
+
+    p = sub.add_parser("search", help="search an index with an attribute query")
+    p.add_argument("--index", required=True)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("query", nargs="+", help="e.g. 'red, furry, -indoor' or 'striped^2 animal' or free text")
+    p.set_defaults(func=cmd_search)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,28 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume from RUN_DIR/last if present (default: yes)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("index", help="retrieval index over a set of images")
-    isub = p.add_subparsers(dest="index_command", required=True)
-    b = isub.add_parser("build", help="build or update an index")
-    _add_checkpoint(b)
-    b.add_argument("--images", required=True, help="folder of images, or 'gallery'")
-    b.add_argument("--out", required=True, help="index file to write")
-    b.add_argument("--batch-size", type=int, default=16)
-    b.set_defaults(func=cmd_index)
-    r = isub.add_parser("recall", help="Recall@K of attribute search on the hand-labelled gallery")
-    r.add_argument(
-        "--checkpoint", default="default", help="checkpoint to index the gallery with (default: 'default')"
-    )
-    r.add_argument("--index", default=None, help="use this gallery index instead of building a temporary one")
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(func=cmd_index_recall)
-
-    p = sub.add_parser("search", help="search an index with an attribute query")
-    p.add_argument("--index", required=True)
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("query", nargs="+", help="e.g. 'red, furry, -indoor' or 'striped^2 animal' or free text")
-    p.set_defaults(func=cmd_search)
+    _add_index_commands(sub)
 
     p = sub.add_parser("data", help="datasets: download, mine weak labels")
     dsub = p.add_subparsers(dest="data_command", required=True)

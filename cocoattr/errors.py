@@ -17,3 +17,14 @@ class UserError(Exception):
 def notice(message: str) -> None:
     """One line on stderr, so that --json output on stdout stays clean."""
     print(f"cocoattr: {message}", file=sys.stderr, flush=True)
+
+
+def invalid_config(source: str, error: Exception) -> UserError:
+    """One line naming the first bad key of a pydantic `ValidationError` (or any error)."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        value = "" if first["type"] == "missing" else f" (got {first.get('input')!r:.60})"
+        return UserError(f"{source}: {key}: {first['msg'].lower()}{value}")
+    return UserError(f"{source}: invalid config ({error})")

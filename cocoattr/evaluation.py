@@ -7,8 +7,6 @@ must beat it clearly; a trained checkpoint must beat the zero-shot default.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from pathlib import Path
 
@@ -16,8 +14,14 @@ import numpy as np
 import torch
 
 from cocoattr import metrics
+from cocoattr.data.gallery import load_gallery
 from cocoattr.errors import UserError
+from cocoattr.features import FeatureGrid
+from cocoattr.images import load_image
+from cocoattr.model import AttributeModel
 from cocoattr.predictor import Predictor
+from cocoattr.vocab import load_vocabulary
+from cocoattr.zeroshot import class_attribute_matrix
 
 SUMMARY_KEYS = ("mAP", "mean_per_image_auc", "macro_f1", "micro_f1", "CF1", "OF1", "n_attributes_scored")
 
@@ -26,10 +30,6 @@ class PosteriorBaseline:
     """score_a(x) = mean (or sum) of p(c | x) over ImageNet classes text-matched to attribute a."""
 
     def __init__(self, predictor: Predictor, match_threshold: float = 0.5, reduce: str = "mean") -> None:
-        from cocoattr.backbones import FeatureGrid
-        from cocoattr.vocab import load_vocabulary
-        from cocoattr.zeroshot import class_attribute_matrix
-
         self.predictor = predictor
         vocab = load_vocabulary()
         if vocab.names != predictor.attributes:
@@ -49,8 +49,6 @@ class PosteriorBaseline:
 
 
 def load_eval_set(data: str, split: str):
-    from cocoattr.data.gallery import load_gallery
-
     gallery = load_gallery(None if data == "gallery" else Path(data))
     which = gallery.splits()  # the same split the training configs use
     keep = [i for i, image_id in enumerate(gallery.image_ids) if split == "all" or which[image_id] == split]
@@ -60,8 +58,6 @@ def load_eval_set(data: str, split: str):
 
 
 def score_images(predictor: Predictor, paths: list, batch_size: int = 16) -> np.ndarray:
-    from cocoattr.images import load_image
-
     out = []
     for start in range(0, len(paths), batch_size):
         images = [load_image(p) for p in paths[start : start + batch_size]]
@@ -90,8 +86,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | None, data: str = "galle
         "model": metrics.evaluate(scores, labels, names, types),
     }
     if baseline:
-        from cocoattr.images import load_image
-
         for reduce in ("mean", "sum"):
             base = PosteriorBaseline(predictor, reduce=reduce)
             bscores = np.concatenate(
@@ -120,13 +114,14 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline)
-    print(format_table(result))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1), "utf-8")
-        os.replace(tmp, out)
-    return 0
+def gallery_metrics(model: AttributeModel) -> dict[str, float]:
+    """Summary metrics on the bundled gallery's hand labels, for the default's model card and the app.
+
+    The gallery also fitted the default's 24 calibration numbers (train/calibrate_default.py),
+    which mAP does not depend on; the card says so."""
+    paths, labels, _ = load_eval_set("gallery", "all")
+    result = metrics.evaluate(
+        score_images(Predictor(model), paths), labels, model.attributes, model.attribute_types
+    )
+    keys = ("mAP", "mean_per_image_auc", "micro_f1", "macro_f1", "n_attributes_scored")
+    return {f"gallery_{k}": result[k] for k in keys} | {"gallery_images": len(paths)}

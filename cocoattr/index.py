@@ -32,7 +32,6 @@ from cocoattr.atomic import atomic_write
 from cocoattr.backends import SearchBackend, choose_backend, make_backend
 from cocoattr.data.gallery import gallery_root
 from cocoattr.errors import UserError, notice
-from cocoattr.hub import WEIGHTS_NAME
 from cocoattr.images import list_images, path_inside
 
 if TYPE_CHECKING:
@@ -235,6 +234,9 @@ def checkpoint_identity(model) -> dict:  # noqa: ANN001 - an AttributeModel (or 
     source = getattr(model, "source", None)
     if getattr(model, "weights_sha256", None) and source:
         return {"sha256": model.weights_sha256, "source": str(source)}
+    # Lazy: cocoattr.hub imports torch and safetensors (seconds); searching an index needs neither.
+    from cocoattr.hub import WEIGHTS_NAME
+
     weights = Path(source) / WEIGHTS_NAME if source else None
     if weights is None or not weights.is_file():
         raise UserError("cannot identify the checkpoint (no model.safetensors behind the loaded model)")

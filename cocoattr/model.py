@@ -9,20 +9,75 @@
 The attention weights, averaged over heads, are the per-attribute spatial maps (as in
 ML-Decoder): what the app shows is what the classifier used, not a post-hoc guess.
 The embedded zero-shot default is this same class with analytically set weights
-(`cocoattr.zeroshot`), so every consumer serves both through one code path.
+(`cocoattr.zeroshot`), so every consumer serves both through one code path. This file is the
+readable, trainable model only; the serving rewrites live in `cocoattr.inference`. The Hub
+mixin records the __init__ arguments (config.json); `cocoattr.hub` reads and writes folders.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from cocoattr.backbones import FeatureGrid
+from cocoattr.backbones import available
+from cocoattr.features import FeatureGrid
 from cocoattr.text import TEXT_DIM
+from cocoattr.vocab import TYPES
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class ModelConfig(BaseModel):
+    """What config.json may say, with bounds: a Hub repo is untrusted input, and a size such
+    as `image_size: 30000` would otherwise allocate ~11 GB while the model is built."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    attributes: list[Name] = Field(min_length=1, max_length=10_000)
+    attribute_types: list[Name] = Field(min_length=1, max_length=10_000)
+    backbone: str = "mobilenet_v2"
+    concepts: bool = True
+    colour: bool = True
+    concept_temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
+    image_size: int = Field(288, ge=32, le=1024)
+    dim: int = Field(512, ge=8, le=4096)
+    heads: int = Field(8, ge=1, le=64)
+    embed_dim: int = Field(384, ge=1, le=4096)
+    temperature: float = Field(0.1, gt=0, le=100, allow_inf_nan=False)
+    dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
+    kind: str = Field("trained", max_length=100)
+    description: str = Field("", max_length=10_000)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in available():
+            raise ValueError(f"unknown backbone; known: {', '.join(available())}")
+        return name
+
+    @field_validator("attribute_types")
+    @classmethod
+    def _known_types(cls, types: list[str]) -> list[str]:
+        unknown = sorted(set(types) - set(TYPES))
+        if unknown:
+            raise ValueError(f"unknown types {unknown}; known: {', '.join(TYPES)}")
+        return types
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if len(self.attributes) != len(self.attribute_types):
+            raise ValueError("attributes and attribute_types must have the same length")
+        if len(set(self.attributes)) != len(self.attributes):
+            raise ValueError("attribute names must be unique")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        return self
 
 
 @dataclass
@@ -64,10 +119,7 @@ class AttributeModel(
         description: str = "",
     ) -> None:
         super().__init__()
-        if len(attributes) != len(attribute_types):
-            raise ValueError("attributes and attribute_types must have the same length")
-        if dim % heads:
-            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        ModelConfig(**{k: v for k, v in locals().items() if k in ModelConfig.model_fields})  # raises
         self.attributes = list(attributes)
         self.attribute_types = list(attribute_types)
         self.image_size = image_size
@@ -118,8 +170,6 @@ class AttributeModel(
         tokens = self.token_proj(grid.flatten(2).transpose(1, 2))
         if tokens.shape[1] == self.pos_embed.shape[1]:
             tokens = tokens + self.pos_embed
-        if not self.training and not torch.is_grad_enabled():
-            return self._inference_head(tokens, h, w)
         q = self.queries().unsqueeze(0).expand(b, -1, -1)
         attended, weights = self.attn(q, tokens, tokens, need_weights=True, average_attn_weights=True)
         pooled = tokens.mean(1)
@@ -132,75 +182,11 @@ class AttributeModel(
     def forward(self, images: torch.Tensor) -> AttributeOutput:
         return self.forward_head(self.backbone(images))
 
-    def forward_parts(self, parts: list[torch.Tensor]) -> AttributeOutput:
-        """`forward_head(torch.cat(parts, 1))` for `FeatureGrid.parts` output, without building
-        the concatenated grid. In inference each part is projected by its own block of
-        `token_proj`, and all-zero blocks are skipped: the zero-shot default never reads the
-        1280 raw CNN channels, which were ~half the head's time."""
-        if self.training or torch.is_grad_enabled():
-            return self.forward_head(torch.cat(parts, dim=1))
-        b, _, h, w = parts[0].shape
-        tokens = self.token_proj.bias
-        for part, weight in zip(parts, self._token_blocks([p.shape[1] for p in parts]), strict=True):
-            if weight is not None:
-                tokens = tokens + part.flatten(2).transpose(1, 2) @ weight
-        tokens = tokens.expand(b, h * w, -1)
-        if tokens.shape[1] == self.pos_embed.shape[1]:
-            tokens = tokens + self.pos_embed
-        return self._inference_head(tokens, h, w)
-
-    def _token_blocks(self, sizes: list[int]) -> list[torch.Tensor | None]:
-        """token_proj's weight split by input part, transposed, None where all zero (cached)."""
-        weight = self.token_proj.weight
-        key = (id(weight), weight._version, tuple(sizes))
-        cached = getattr(self, "_blocks", None)
-        if cached is None or cached[0] != key:
-            blocks = weight.detach().split(sizes, dim=1)
-            self._blocks = (key, [None if not blk.any() else blk.T.contiguous() for blk in blocks])
-        return self._blocks[1]
-
-    def _inference_head(self, tokens: torch.Tensor, h: int, w: int) -> AttributeOutput:
-        """The same function as the training path, with the image-independent work done once:
-        projected queries are cached, and the attention's output projection is folded into the
-        classifier (logit = c . (W_o x + b_o) = (W_o^T c) . x + c . b_o). Numerically equal
-        up to float rounding (tests/test_model.py checks it)."""
-        heads = self.attn.num_heads
-        b, n, d = tokens.shape
-        q, wk, bk, wv, bv, cls_eff, bias_eff = self._inference_constants()
-        k = (tokens @ wk.T + bk).view(b, n, heads, d // heads).transpose(1, 2)  # (B, H, N, dh)
-        v = (tokens @ wv.T + bv).view(b, n, heads, d // heads).transpose(1, 2)
-        weights = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # (B, H, A, N)
-        attended = (weights @ v).transpose(1, 2).reshape(b, -1, d)  # (B, A, d)
-        pooled = tokens.mean(1)
-        logits = (attended * cls_eff).sum(-1) + pooled @ self.cls_global.T + bias_eff
-        embedding = F.normalize(self.image_proj(pooled), dim=-1)
-        return AttributeOutput(logits=logits, maps=weights.mean(1).reshape(b, -1, h, w), embedding=embedding)
-
-    def _inference_constants(self) -> tuple[torch.Tensor, ...]:
-        sources = (self.text_embeddings, self.query_encoder.weight, self.query_encoder.bias,
-                   self.attn.in_proj_weight, self.attn.in_proj_bias, self.attn.out_proj.weight,
-                   self.attn.out_proj.bias, self.cls_weight, self.cls_bias)  # fmt: skip
-        key = tuple((id(t), t._version) for t in sources)
-        cached = getattr(self, "_constants", None)
-        if cached is None or cached[0] != key:
-            heads, d = self.attn.num_heads, self.attn.embed_dim
-            wq, wk, wv = self.attn.in_proj_weight.chunk(3)
-            bq, bk, bv = self.attn.in_proj_bias.chunk(3)
-            q = (self.queries() @ wq.T + bq).view(-1, heads, d // heads).transpose(0, 1) / (d // heads) ** 0.5
-            cls_eff = self.cls_weight @ self.attn.out_proj.weight
-            bias_eff = self.cls_bias + self.cls_weight @ self.attn.out_proj.bias
-            self._constants = (key, (q, wk, bk, wv, bv, cls_eff, bias_eff))
-        return self._constants[1]
-
     def embed_attribute_sets(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, A) {0,1} -> (B, D): the text side of the contrastive head (mean of member embeddings)."""
         weights = labels.clamp_min(0).float()
         mean = weights @ self.text_embeddings / weights.sum(1, keepdim=True).clamp_min(1.0)
         return F.normalize(self.text_proj(mean), dim=-1)
-
-    def embed_text(self, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """MiniLM sentence embeddings (B, 384) -> contrastive space, for free-text search."""
-        return F.normalize(self.text_proj(text_embeddings), dim=-1)
 
     def contrastive_loss(self, output: AttributeOutput, labels: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE between images and their attribute sets (images with no positive skipped)."""
@@ -212,14 +198,3 @@ class AttributeModel(
         sim = img @ txt.T / self.temperature
         target = torch.arange(sim.shape[0], device=sim.device)
         return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
-
-    def _save_pretrained(self, save_directory) -> None:  # noqa: ANN001 - mixin signature
-        from cocoattr.hub import save_weights
-
-        save_weights(self, save_directory)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, **kwargs):  # noqa: ANN206 - mixin signature
-        from cocoattr.hub import load_model
-
-        return load_model(model_id, **kwargs)

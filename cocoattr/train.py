@@ -51,8 +51,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cocoattr.data.datasets import SPLITS, AttributeDataset, Sample, split_of
+from cocoattr.data.datasets import AttributeDataset, Sample
 from cocoattr.data.gallery import GALLERY_SPLIT, GALLERY_SPLIT_SEED
+from cocoattr.data.splits import SPLITS, split_of
 from cocoattr.errors import UserError
 from cocoattr.model import AttributeModel
 
@@ -346,7 +347,7 @@ class Preprocess:
         self.std = model.backbone.std.view(3, 1, 1).cpu().numpy()
 
     def __call__(self, image: Any) -> torch.Tensor:
-        from cocoattr.predictor import preprocess
+        from cocoattr.transforms import preprocess
 
         return preprocess([image], self.size, self.mean, self.std)[0]
 
@@ -439,7 +440,7 @@ def cached_grids(model: AttributeModel, samples: Sequence[Sample], cache_dir: Pa
             torch.utils.data.Subset(AttributeDataset(samples, Preprocess(model)), mine),
             batch_size=batch_size, num_workers=num_workers,
         )  # fmt: skip
-        from cocoattr.predictor import inference_copy
+        from cocoattr.inference import inference_copy
 
         backbone = inference_copy(model.backbone)  # frozen here: BN folded, channels_last
         done = 0
@@ -472,7 +473,8 @@ def _resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 def build_model(cfg: TrainConfig) -> AttributeModel:
     """The starting model, re-created as kind='trained' (so the saved config says so)."""
-    from cocoattr.hub import load_model, model_config
+    from cocoattr.checkpoints import load_model
+    from cocoattr.hub import model_config
 
     description = f"Trained with cocoattr.train from init {cfg.init!r} on {cfg.data.source} data."
     if cfg.init == "imagenet":
@@ -859,7 +861,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = True) -> 
         return {}
 
     # ---- final: best weights -> thresholds tuned on val -> test -> checkpoint, report
-    from cocoattr.hub import load_model
+    from cocoattr.checkpoints import load_model
 
     best = load_model(run_dir / "checkpoint").to(d.device)
     single = Dist(device=d.device)

@@ -8,6 +8,7 @@ order of attributes is the same everywhere and matches every checkpoint's output
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -133,3 +134,56 @@ def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
 def _bundled() -> Vocabulary:
     text = resources.files("cocoattr").joinpath("vocab/attributes.json").read_text("utf-8")
     return Vocabulary.from_json(json.loads(text))
+
+
+# ----------------------------------------------------------------------------- words
+# How text becomes vocabulary words: shared by the caption miner and the query parser.
+IRREGULAR = {
+    "men": "man",
+    "women": "woman",
+    "children": "child",
+    "feet": "foot",
+    "teeth": "tooth",
+    "mice": "mouse",
+    "geese": "goose",
+    "knives": "knife",
+    "leaves": "leaf",
+    "wolves": "wolf",
+    "shelves": "shelf",
+    "calves": "calf",
+    "halves": "half",
+    "loaves": "loaf",
+    "oxen": "ox",
+    "people": "person",
+    "buses": "bus",
+    "sheep": "sheep",
+    "fish": "fish",
+    "deer": "deer",
+}
+_NO_STRIP = ("ss", "us", "is", "ous", "ics")
+_TOKEN = re.compile(r"[a-z0-9]+|[.,;:!?]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case word tokens plus sentence punctuation; "isn't" -> "is not", hyphens split."""
+    text = text.lower().replace("\u2019", "'")
+    text = re.sub(r"\bcannot\b", "can not", text)
+    text = re.sub(r"n't\b", " not", text)
+    text = re.sub(r"'s\b", "", text)
+    text = text.replace("no one", "noone")
+    return _TOKEN.findall(text)
+
+
+def lemma(token: str) -> str:
+    """Singular of a plural noun by rule; other words come back unchanged."""
+    if token in IRREGULAR:
+        return IRREGULAR[token]
+    if len(token) <= 3 or not token.endswith("s") or token.endswith(_NO_STRIP):
+        return token
+    if token.endswith("ies") and len(token) > 4:
+        return token[:-3] + "y"
+    if token.endswith("oes") and len(token) > 5:
+        return token[:-2]
+    if token.endswith(("sses", "xes", "zes", "ches", "shes")):
+        return token[:-2]
+    return token[:-1]

@@ -18,15 +18,26 @@ Everything is an ordinary AttributeModel weight, so training can start from it.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Callable
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cocoattr.backbones import COLOUR_CHANNELS, COLOUR_TERMS
+from cocoattr.features import COLOUR_CHANNELS, COLOUR_TERMS
+from cocoattr.hub import save_checkpoint
+from cocoattr.model import AttributeModel
+from cocoattr.text import encode
 from cocoattr.vocab import Vocabulary, load_vocabulary
+
+RECIPE_NAME = "recipe.txt"
+# The files whose content defines the default's weights: a change in one means a rebuild.
+# Speed-only modules (inference, predictor) are not among them.
+RECIPE_FILES = ("zeroshot.py", "model.py", "backbones.py", "features.py", "vocab/attributes.json")
 
 # Fixed knobs of the construction (see README "Embedded default" for how they were chosen).
 KNOBS = {
@@ -66,8 +77,6 @@ DESCRIPTION = (
 @lru_cache(maxsize=1)
 def imagenet_classes() -> list[tuple[str, str]]:
     """[(lemmas, gloss)] for the 1000 ImageNet-1k classes, in model output order (from timm)."""
-    from importlib import resources
-
     info = resources.files("timm").joinpath("data/_info")
     wnids = info.joinpath("imagenet_synsets.txt").read_text().split()
     lemma = dict(
@@ -111,8 +120,6 @@ def class_attribute_matrix(
                 if anywhere.search(glosses[c]):
                     m[c, j] = max(m[c, j], knobs["gloss_match"])
     if use_text_encoder:
-        from cocoattr.text import encode
-
         cls_emb = encode([f"{lem}: {g}" for lem, g in zip(lemmas, glosses, strict=True)])
         attr_emb = encode([a.prompt for a in vocab])
         sim = cls_emb @ attr_emb.T
@@ -138,9 +145,6 @@ def class_attribute_matrix(
 def build_model(vocab: Vocabulary | None = None, backbone: str = "mobilenet_v2", knobs: dict = KNOBS,
                 image_size: int = 288, concept_temperature: float = 1.0):  # fmt: skip
     """The zero-shot AttributeModel (ImageNet weights loaded, head set analytically)."""
-    from cocoattr.model import AttributeModel
-    from cocoattr.text import encode
-
     vocab = vocab or load_vocabulary()
     n_attr, dim, heads = len(vocab), 512, 8
     half = dim // 2
@@ -235,37 +239,35 @@ def build_model(vocab: Vocabulary | None = None, backbone: str = "mobilenet_v2",
     return model.eval()
 
 
-def gallery_metrics(model) -> dict[str, float]:  # noqa: ANN001 - an AttributeModel
-    """Summary metrics on the bundled gallery's hand labels, for the model card and the app.
-
-    The gallery also fitted the 24 calibration numbers (see train/calibrate_default.py), which
-    mAP does not depend on; the card says so."""
-    from cocoattr import metrics
-    from cocoattr.evaluation import load_eval_set, score_images
-    from cocoattr.predictor import Predictor
-
-    paths, labels, _ = load_eval_set("gallery", "all")
-    result = metrics.evaluate(
-        score_images(Predictor(model), paths), labels, model.attributes, model.attribute_types
-    )
-    keys = ("mAP", "mean_per_image_auc", "micro_f1", "macro_f1", "n_attributes_scored")
-    return {f"gallery_{k}": result[k] for k in keys} | {"gallery_images": len(paths)}
+def recipe_hash() -> str:
+    """Hash of the files that define the embedded default (RECIPE_FILES)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for name in RECIPE_FILES:
+        digest.update((package / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
-def build_default(out: str | Path, backbone: str = "mobilenet_v2") -> Path:
-    """Build and save the embedded default checkpoint folder (Hub layout), with its gallery metrics."""
-    from cocoattr.hub import default_recipe_hash, save_checkpoint
+CARD_EXTRA = (
+    "## What this is\n\nA zero-shot model: no attribute labels were used to build it. It is the "
+    "fallback the app and CLI use offline, and a starting point for training (same architecture "
+    "and format). Training data: none. The metrics above are on the 36 hand-labelled photos of "
+    "the bundled gallery, which were also used to fit its 24 per-type calibration numbers "
+    "(2-fold held-out per-image AUC is within 0.002 of the in-sample value; mAP does not depend "
+    "on calibration).\n\n"
+    f"Construction knobs: `{KNOBS}`"
+)
 
+
+def build_default(
+    out: str | Path,
+    backbone: str = "mobilenet_v2",
+    measure: Callable[[AttributeModel], dict] | None = None,
+) -> Path:
+    """Build the embedded default and save it as a checkpoint folder (Hub layout) stamped with
+    its recipe hash; `measure(model)` (e.g. `evaluation.gallery_metrics`) fills the card's metrics."""
     model = build_model(backbone=backbone)
-    extra = (
-        "## What this is\n\nA zero-shot model: no attribute labels were used to build it. It is the "
-        "fallback the app and CLI use offline, and a starting point for training (same architecture "
-        "and format). Training data: none. The metrics above are on the 36 hand-labelled photos of "
-        "the bundled gallery, which were also used to fit its 24 per-type calibration numbers "
-        "(2-fold held-out per-image AUC is within 0.002 of the in-sample value; mAP does not depend "
-        "on calibration).\n\n"
-        f"Construction knobs: `{KNOBS}`"
+    metrics = measure(model) if measure is not None else None
+    return save_checkpoint(
+        model, out, metrics=metrics, card_extra=CARD_EXTRA, extra_files={RECIPE_NAME: recipe_hash() + "\n"}
     )
-    folder = save_checkpoint(model, out, metrics=gallery_metrics(model), card_extra=extra)
-    (folder / "recipe.txt").write_text(default_recipe_hash() + "\n")
-    return folder

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-# ============================================================================ app fixtures
-# Used by tests/test_app.py and tests/test_app_browser.py: one app server per test session,
-# launched in a background thread on a free 127.0.0.1 port with the embedded default model
-# and a gallery index built at start-up into a temporary file (exercising that code path).
 import os
+import shutil
 import socket
 import struct
 import time
@@ -18,6 +15,55 @@ from typing import Any
 
 import pytest
 
+# ============================================================================ checkpoints
+# The embedded default is built by an explicit step (`make default`, which `make test` runs
+# first); tests read it and never build into the source tree. Tests that need other
+# checkpoints save them under tmp_path.
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint() -> Path:
+    """checkpoints/default, which `make test` builds first; a clear failure when it is missing."""
+    from cocoattr.checkpoints import default_dir
+    from cocoattr.errors import UserError
+
+    try:
+        return default_dir()
+    except UserError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """A factory: a small AttributeModel with random weights everywhere, BatchNorm statistics
+    included (so folding them is tested); `zero_features` zeroes the raw-CNN token block."""
+    import torch
+
+    from cocoattr.model import AttributeModel
+
+    def make(zero_features: bool = False) -> AttributeModel:
+        torch.manual_seed(0)
+        model = AttributeModel(["red", "furry", "outdoor", "wooden"], ["color", "texture", "scene", "material"],
+                               image_size=96, dim=64, heads=8, embed_dim=32)  # fmt: skip
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.05)
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.1)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+            if zero_features:
+                model.token_proj.weight[:, : model.backbone.feature_channels] = 0
+        return model.eval()
+
+    return make
+
+
+# ============================================================================ app fixtures
+# Used by tests/test_app.py and tests/test_app_browser.py: one app server per test session,
+# launched in a background thread on a free 127.0.0.1 port with the embedded default model
+# and a gallery index built at start-up into a temporary file (exercising that code path).
 APP_GALLERY = Path(__file__).resolve().parent.parent / "cocoattr" / "gallery" / "images"
 APP_ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -52,11 +98,11 @@ def _wait_served(url: str, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def app_predictor():
-    """COCOATTR_CHECKPOINT if set, else the embedded default by name (no Hub attempt in tests)."""
+def app_predictor(default_checkpoint):
+    """COCOATTR_CHECKPOINT if set, else the embedded default (no Hub attempt in tests)."""
     from cocoattr.predictor import Predictor
 
-    return Predictor.from_checkpoint(os.environ.get("COCOATTR_CHECKPOINT") or "default")
+    return Predictor.from_checkpoint(os.environ.get("COCOATTR_CHECKPOINT") or default_checkpoint)
 
 
 @pytest.fixture(scope="session")
@@ -137,28 +183,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from
 
 
 # ============================================================================ index fixtures
-# Used by tests/test_index.py, tests/test_search.py and tests/test_cli.py: the embedded default
-# checkpoint and a small real index built through `cocoattr index build`, once per session.
-import shutil  # noqa: E402
+# Used by tests/test_index.py, tests/test_search.py and tests/test_cli.py: a small real index
+# built through `cocoattr index build` with the embedded default, once per session.
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """checkpoints/default if it loads with the current model code, else a fresh build in a temp dir
-    (the embedded default is rebuilt by others as the zero-shot builder changes)."""
-    from cocoattr.errors import UserError
-    from cocoattr.hub import DEFAULT_DIR, load_model
-    from cocoattr.zeroshot import build_default
-
-    try:
-        load_model(DEFAULT_DIR)
-        return DEFAULT_DIR
-    except UserError:
-        return build_default(tmp_path_factory.mktemp("checkpoint") / "default")
-
-
-@pytest.fixture(scope="session")
-def real_index(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> tuple[Path, Path]:
+def real_index(tmp_path_factory: pytest.TempPathFactory, default_checkpoint: Path) -> tuple[Path, Path]:
     """A few gallery photos plus one broken file, indexed through the CLI with the default checkpoint."""
     from cocoattr.cli import main
 
@@ -173,7 +203,7 @@ def real_index(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> tu
         shutil.copy(APP_GALLERY / name, root / name)
     (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = root.parent / "index.npz"
-    code = main(["index", "build", "--images", str(root), "--checkpoint", str(checkpoint), "--out", str(out)])
+    code = main(["index", "build", "--images", str(root), "--checkpoint", str(default_checkpoint), "--out", str(out)])
     assert code == 1  # one unreadable image: reported, skipped, index still written
     return root, out
 

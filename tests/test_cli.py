@@ -12,7 +12,6 @@ import pytest
 
 from cocoattr.cli import main
 from cocoattr.data.gallery import gallery_root
-from cocoattr.hub import ensure_default
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(gallery_root() / "images" / "skimage_chelsea.jpg")
@@ -25,8 +24,8 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def default_built():
-    ensure_default()
+def default_built(default_checkpoint):
+    return default_checkpoint
 
 
 def test_predict_json_has_every_attribute_and_sensible_top():

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from cocoattr.data.captions import CaptionMiner, compare, lemma, miner_report, run_mine, tokenize
-from cocoattr.vocab import load_vocabulary
+from cocoattr.cli import main as cli_main
+from cocoattr.data.captions import CaptionMiner, compare, miner_report
+from cocoattr.vocab import lemma, load_vocabulary, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -147,16 +147,9 @@ def test_report_and_cli_hook(tmp_path, capsys, miner):
     )
     report = miner_report(caps, None, miner=miner)
     assert report["images"] == 2 and report["counts"]["car"] == {"positive": 1, "negative": 0}
-    assert (
-        run_mine(
-            SimpleNamespace(
-                captions=str(tmp_path / "captions.json"),
-                labels=str(tmp_path / "attributes.json"),
-                out=str(tmp_path / "out" / "report.json"),
-            )
-        )
-        == 0
-    )
+    argv = ["data", "mine", "--captions", str(tmp_path / "captions.json")]
+    argv += ["--labels", str(tmp_path / "attributes.json"), "--out", str(tmp_path / "out" / "report.json")]
+    assert cli_main(argv) == 0
     text = capsys.readouterr().out
     assert "2 images, min_votes=1" in text and "positive precision" in text
     saved = json.loads((tmp_path / "out" / "report.json").read_text())

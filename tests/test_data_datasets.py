@@ -14,33 +14,13 @@ from PIL import Image
 from cocoattr.data import datasets as ds
 from cocoattr.data.captions import CaptionMiner
 from cocoattr.data.gallery import gallery_root, load_gallery, read_hand_labels
+from cocoattr.data.splits import select_split
 from cocoattr.errors import UserError
 from cocoattr.vocab import load_vocabulary
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255
-
-
-def test_split_of_is_deterministic_and_balanced():
-    assert [ds.split_of(i) for i in (1, 2, 3, 139, 397133)] == [
-        ds.split_of(i) for i in (1, 2, 3, 139, 397133)
-    ]
-    assert ds.split_of(139) == ds.split_of("139")  # the id's text is hashed
-    counts = {s: 0 for s in ds.SPLITS}
-    for i in range(20000):
-        counts[ds.split_of(i)] += 1
-    assert 15700 < counts["train"] < 16300 and 1800 < counts["val"] < 2200 and 1800 < counts["test"] < 2200
-    moved = sum(ds.split_of(i, seed=0) != ds.split_of(i, seed=1) for i in range(1000))
-    assert moved > 200  # the seed reshuffles
-    assert {ds.split_of(i, (0.0, 0.0, 1.0)) for i in range(100)} == {"test"}
-    with pytest.raises(ValueError):
-        ds.split_of(1, (0.5, 0.5, 0.5))
-
-
-def test_split_values_are_pinned():
-    # Splits must never move between releases or machines: these values are fixed forever.
-    assert [ds.split_of(i) for i in range(12)] == ["train", "test"] + ["train"] * 9 + ["val"]
 
 
 def test_dataset_whole_image_and_crop(tmp_path):
@@ -156,5 +136,5 @@ def test_bundled_gallery_loads():
     assert len(g) == len(g.paths) == g.labels.shape[0] > 0
     assert all(p.is_file() for p in g.paths)
     assert (g.labels == 1).any(axis=1).all()
-    train = ds.select_split(ds.gallery_samples(g), "train")
+    train = select_split(ds.gallery_samples(g), "train")
     assert 0 < len(train) < len(g)

@@ -19,8 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from cocoattr.errors import UserError
-from cocoattr.hub import CARD_NAME, CONFIG_NAME, DEFAULT_DIR, WEIGHTS_NAME
+from cocoattr.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE = REPO_ROOT / "cocoattr" / "gallery" / "images" / "gradio_lion.jpg"
@@ -139,21 +138,8 @@ class FakeHub:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """checkpoints/default if it loads with the current model code, else a fresh build in a temp dir
-    (the embedded default is rebuilt by others as the zero-shot builder changes)."""
-    import cocoattr.hub
-    from cocoattr.zeroshot import build_default
-
-    try:
-        cocoattr.hub.load_model(DEFAULT_DIR)
-        recipe = getattr(cocoattr.hub, "default_recipe_hash", None)  # ensure_default rebuilds when stale
-        stamp = DEFAULT_DIR / "recipe.txt"
-        if recipe is None or (stamp.is_file() and stamp.read_text().strip() == recipe()):
-            return DEFAULT_DIR
-    except UserError:
-        pass
-    return build_default(tmp_path_factory.mktemp("checkpoint") / "default")
+def checkpoint(default_checkpoint) -> Path:
+    return default_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +216,6 @@ def test_offline_without_cache_is_one_line_error(hub, tmp_path):
 
 
 def test_unreachable_implicit_default_falls_back_to_embedded(hub, tmp_path, checkpoint):
-    if checkpoint != DEFAULT_DIR:
-        pytest.skip(
-            "checkpoints/default is stale for the current model code (python -m cocoattr build-default --force)"
-        )
     with_port_closed = "http://127.0.0.1:9"  # discard port: nothing listens there
     proc = run_cli(["predict", "--json", str(IMAGE)], with_port_closed, tmp_path / "hf")
     predict_json(proc)

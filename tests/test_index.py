@@ -218,10 +218,10 @@ def test_default_index_path_is_one_file_per_image_set(tmp_path):
 # ----------------------------------------------------------------------------- with the real default model
 
 
-def test_real_rebuild_is_incremental(real_index, tmp_path, checkpoint):
+def test_real_rebuild_is_incremental(real_index, tmp_path, default_checkpoint):
     root, out = real_index
     copy = tmp_path / "index.npz"
     shutil.copy(out, copy)
     os.utime(root / "sklearn_flower.jpg", ns=(1, 1))  # mtime changed: recompute just that one
-    report = build_index(root, copy, checkpoint=checkpoint, progress=False, on_error=lambda *a: None)
+    report = build_index(root, copy, checkpoint=default_checkpoint, progress=False, on_error=lambda *a: None)
     assert sorted(report.computed) == ["sklearn_flower.jpg"] and report.reused == 3

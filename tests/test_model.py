@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from cocoattr.checkpoints import load_model
 from cocoattr.errors import UserError
-from cocoattr.hub import load_model, save_checkpoint
+from cocoattr.hub import save_checkpoint
 from cocoattr.model import AttributeModel
 
 ATTRS = ["red", "furry", "outdoor"]
@@ -88,23 +90,65 @@ def test_missing_folder_and_bad_hub_id():
         load_model("./does/not/exist")
 
 
-def test_inference_head_equals_the_training_path(small_model):
-    """The eval fast path (cached queries, folded output projection) is the same function."""
-    torch.manual_seed(1)
-    for p in small_model.parameters():  # non-trivial weights everywhere
-        torch.nn.init.normal_(p, std=0.1)
-    grid = torch.randn(3, small_model.backbone.channels, *small_model.grid)
-    with torch.enable_grad():
-        slow = small_model.forward_head(grid)
-    with torch.inference_mode():
-        fast = small_model.forward_head(grid)
-        with torch.no_grad():
-            small_model.cls_weight.add_(0.5)  # a weight change must refresh the cached constants
-        fast2 = small_model.forward_head(grid)
-    with torch.enable_grad():
-        slow2 = small_model.forward_head(grid)
-    for a, b in ((slow, fast), (slow2, fast2)):
-        assert torch.allclose(a.logits, b.logits, atol=1e-5)
-        assert torch.allclose(a.maps, b.maps, atol=1e-6)
-        assert torch.allclose(a.embedding, b.embedding, atol=1e-6)
-    assert not torch.allclose(fast.logits, fast2.logits)
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("heads", 0, "heads: input should be greater than or equal to 1"),
+        ("image_size", 0, "image_size: input should be greater than or equal to 32"),
+        ("image_size", -7, "image_size: input should be greater than or equal to 32"),
+        ("image_size", 30000, "image_size: input should be less than or equal to 1024"),  # ~11 GB on load
+        ("concepts", "no", "concepts: input should be a valid boolean"),
+        ("temperature", float("nan"), "temperature: input should be a finite number"),
+        ("dropout", 1.5, "dropout: input should be less than 1"),
+        ("backbone", "resnet9000", "backbone: value error, unknown backbone"),
+        ("attribute_types", ["color", "texture", "flavour"], "unknown types"),
+        ("dim", 100, "dim 100 must be divisible by heads 8"),
+    ],
+)
+def test_config_values_out_of_bounds_are_one_line_naming_the_key(tmp_path, small_model, key, value, message):
+    """A Hub repo is untrusted: every config value is checked before any tensor is allocated."""
+    folder = save_checkpoint(small_model, tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as err:
+        load_model(folder)
+    text = str(err.value)
+    assert text.startswith(str(folder / "config.json")) and message in text and "\n" not in text, text
+
+
+def test_loading_the_default_never_builds_it(tmp_path, monkeypatch):
+    """'default' that has not been built is one line saying how to build it, and nothing is written."""
+    import cocoattr.checkpoints
+
+    monkeypatch.setattr(cocoattr.checkpoints, "DEFAULT_DIR", tmp_path / "default")
+    with pytest.raises(UserError, match="not built yet: run `make default`"):
+        load_model("default")
+    assert not (tmp_path / "default").exists()
+
+
+def test_stale_default_still_loads_with_one_notice(tmp_path, monkeypatch, capsys, small_model):
+    import cocoattr.checkpoints
+
+    folder = save_checkpoint(small_model, tmp_path / "default", extra_files={"recipe.txt": "old\n"})
+    monkeypatch.setattr(cocoattr.checkpoints, "DEFAULT_DIR", folder)
+    assert load_model("default").attributes == small_model.attributes
+    assert "built from older code" in capsys.readouterr().err
+
+
+def test_an_interrupted_checkpoint_save_keeps_the_old_checkpoint(tmp_path, small_model, monkeypatch):
+    import cocoattr.hub
+
+    folder = save_checkpoint(small_model, tmp_path / "ckpt")
+    before = (folder / "model.safetensors").read_bytes()
+
+    def crash_halfway(model, filename):  # noqa: ANN001 - safetensors' signature
+        Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cocoattr.hub, "save_model", crash_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(small_model, folder)
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert load_model(folder).attributes == small_model.attributes
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]

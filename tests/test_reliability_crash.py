@@ -31,7 +31,6 @@ import numpy as np
 import pytest
 
 from cocoattr.data.gallery import gallery_root
-from cocoattr.hub import ensure_default
 from cocoattr.index import Index
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +53,8 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
+def photos(tmp_path_factory, default_checkpoint) -> Path:
     """40 copies of the gallery photos under new names (the same bytes under different names is fine)."""
-    ensure_default()
     root = tmp_path_factory.mktemp("crash") / "photos"
     root.mkdir()
     sources = sorted((gallery_root() / "images").glob("*.jpg"))

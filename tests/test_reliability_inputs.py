@@ -22,7 +22,6 @@ import pytest
 from PIL import Image
 
 from cocoattr.data.gallery import gallery_root
-from cocoattr.hub import ensure_default
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = gallery_root() / "images" / "skimage_chelsea.jpg"
@@ -46,8 +45,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 
 
 @pytest.fixture(scope="module", autouse=True)
-def default_built():
-    ensure_default()
+def default_built(default_checkpoint):
+    return default_checkpoint
 
 
 # ----------------------------------------------------------------------------- image zoo

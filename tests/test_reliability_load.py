@@ -70,11 +70,8 @@ def fresh_photo(folder: Path, rng: random.Random, n: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def app_process(tmp_path_factory: pytest.TempPathFactory):
+def app_process(tmp_path_factory: pytest.TempPathFactory, default_checkpoint):
     """`python app.py` as a separate process on a free 127.0.0.1 port; yields (url, pid)."""
-    from cocoattr.hub import ensure_default
-
-    ensure_default()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

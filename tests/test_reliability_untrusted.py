@@ -22,7 +22,6 @@ import pytest
 
 from cocoattr.data.gallery import gallery_root, load_gallery
 from cocoattr.errors import UserError
-from cocoattr.hub import DEFAULT_DIR, ensure_default
 from cocoattr.index import Index
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +126,7 @@ def _gallery_copy(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", ["../secret.jpg", "/etc/hostname", "images/../../secret.jpg", "C:/x.jpg"])
-def test_gallery_file_names_outside_the_folder_are_refused(tmp_path, name):
+def test_gallery_file_names_outside_the_folder_are_refused(tmp_path, name, default_checkpoint):
     root = _gallery_copy(tmp_path)
     shutil.copy(CAT, tmp_path / "secret.jpg")
     captions = json.loads((root / "captions.json").read_text())
@@ -135,7 +134,6 @@ def test_gallery_file_names_outside_the_folder_are_refused(tmp_path, name):
     (root / "captions.json").write_text(json.dumps(captions))
     with pytest.raises(UserError, match="points outside the gallery folder"):
         load_gallery(root)
-    ensure_default()
     assert_one_line_error(cli("evaluate", "--checkpoint", "default", "--data", str(root)),
                           "points outside the gallery folder")  # fmt: skip
 
@@ -171,12 +169,11 @@ def test_malformed_captions_json_through_the_cli(tmp_path, text, fragment):
 @pytest.mark.parametrize(
     ("breakage", "fragment"),
     [("config_not_json", "malformed JSON"), ("config_missing", "config.json"),
-     ("weights_truncated", "truncated or corrupt"), ("weights_pickle", "")],
+     ("weights_truncated", "truncated or corrupt"), ("weights_pickle", "truncated or corrupt")],
 )  # fmt: skip
-def test_broken_checkpoint_through_cli_predict(tmp_path, breakage, fragment):
-    ensure_default()
+def test_broken_checkpoint_through_cli_predict(tmp_path, breakage, fragment, default_checkpoint):
     ckpt = tmp_path / "ckpt"
-    shutil.copytree(DEFAULT_DIR, ckpt)
+    shutil.copytree(default_checkpoint, ckpt)
     weights = ckpt / "model.safetensors"
     marker = tmp_path / "pwned"
     if breakage == "config_not_json":

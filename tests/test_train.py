@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from cocoattr.data.datasets import rank_split
+from cocoattr.data.splits import rank_split
 from cocoattr.errors import UserError
 from cocoattr.train import config_from_dict, load_config
 
@@ -108,9 +108,9 @@ def test_gallery_run_learns(reference: Path) -> None:
 
 
 def test_checkpoint_loads_and_predicts(reference: Path) -> None:
+    from cocoattr.checkpoints import load_model
     from cocoattr.cli import main
     from cocoattr.data.gallery import load_gallery
-    from cocoattr.hub import load_model
     from cocoattr.predictor import Predictor
 
     model = load_model(reference / "checkpoint")

@@ -7,20 +7,20 @@ import pytest
 from PIL import Image
 
 from cocoattr.evaluation import evaluate_checkpoint
-from cocoattr.hub import ensure_default, read_config
+from cocoattr.hub import read_config
 from cocoattr.predictor import Predictor
 from cocoattr.zeroshot import class_attribute_matrix, imagenet_classes
 
 
 @pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.from_checkpoint(ensure_default())
+def predictor(default_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(default_checkpoint)
 
 
-def test_default_is_a_regular_checkpoint():
-    config = read_config(ensure_default())
+def test_default_is_a_regular_checkpoint(default_checkpoint):
+    config = read_config(default_checkpoint)
     assert config["kind"] == "zero-shot" and config["heads"] == 8 and len(config["attributes"]) >= 150
-    assert "zero-shot" in (ensure_default() / "README.md").read_text()
+    assert "zero-shot" in (default_checkpoint / "README.md").read_text()
 
 
 def test_class_knowledge_from_text():

@@ -14,16 +14,13 @@ before a rule-based lemma (plural -s/-es/-ies and a few irregulars), so "glasses
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from cocoattr.errors import UserError
-from cocoattr.vocab import Vocabulary, load_vocabulary
+from cocoattr.vocab import Vocabulary, lemma, load_vocabulary, tokenize
 
 # Phrases whose words would otherwise fire the wrong attributes; they override the vocabulary.
 PHRASES: dict[str, tuple[str, ...]] = {
@@ -59,35 +56,6 @@ PHRASES: dict[str, tuple[str, ...]] = {
 # X implies Y: a dog is an animal, a kitchen is indoors. Positives are closed upwards; by the
 # contrapositive, a negated Y makes every X negative too ("no animals" -> no dog). The
 # vocabulary's own `implies` field is used when it has one; this table is the fallback.
-FALLBACK_IMPLIES: dict[str, tuple[str, ...]] = {
-    **{
-        a: ("animal",)
-        for a in (
-            "dog",
-            "cat",
-            "big cat",
-            "horse",
-            "cattle",
-            "sheep",
-            "elephant",
-            "bear",
-            "zebra",
-            "giraffe",
-            "monkey",
-            "bird",
-            "fish",
-            "insect",
-            "reptile",
-        )
-    },
-    **{
-        a: ("vehicle",) for a in ("car", "truck", "bus", "train", "motorcycle", "bicycle", "airplane", "boat")
-    },
-    **{a: ("person",) for a in ("man", "woman", "child")},
-    **{a: ("food",) for a in ("pizza", "cake", "bread", "fruit", "vegetable")},
-    **{a: ("indoor",) for a in ("kitchen", "living room", "bathroom", "bedroom", "office")},
-    **{a: ("outdoor",) for a in ("beach", "sea", "mountain", "forest", "street", "road", "sky", "field")},
-}
 
 # Pairs that cannot both hold for one photo; one side stated in >= EXCLUSIVE_VOTES captions
 # (and never the other) makes the other a negative.
@@ -181,56 +149,6 @@ DETERMINERS = frozenset(
     }
 )
 
-IRREGULAR = {
-    "men": "man",
-    "women": "woman",
-    "children": "child",
-    "feet": "foot",
-    "teeth": "tooth",
-    "mice": "mouse",
-    "geese": "goose",
-    "knives": "knife",
-    "leaves": "leaf",
-    "wolves": "wolf",
-    "shelves": "shelf",
-    "calves": "calf",
-    "halves": "half",
-    "loaves": "loaf",
-    "oxen": "ox",
-    "people": "person",
-    "buses": "bus",
-    "sheep": "sheep",
-    "fish": "fish",
-    "deer": "deer",
-}
-_NO_STRIP = ("ss", "us", "is", "ous", "ics")
-_TOKEN = re.compile(r"[a-z0-9]+|[.,;:!?]")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens plus sentence punctuation; "isn't" -> "is not", hyphens split."""
-    text = text.lower().replace("\u2019", "'")
-    text = re.sub(r"\bcannot\b", "can not", text)
-    text = re.sub(r"n't\b", " not", text)
-    text = re.sub(r"'s\b", "", text)
-    text = text.replace("no one", "noone")
-    return _TOKEN.findall(text)
-
-
-def lemma(token: str) -> str:
-    """Singular of a plural noun by rule; other words come back unchanged."""
-    if token in IRREGULAR:
-        return IRREGULAR[token]
-    if len(token) <= 3 or not token.endswith("s") or token.endswith(_NO_STRIP):
-        return token
-    if token.endswith("ies") and len(token) > 4:
-        return token[:-3] + "y"
-    if token.endswith("oes") and len(token) > 5:
-        return token[:-2]
-    if token.endswith(("sses", "xes", "zes", "ches", "shes")):
-        return token[:-2]
-    return token[:-1]
-
 
 @dataclass(frozen=True)
 class Mention:
@@ -265,25 +183,11 @@ class CaptionMiner:
         self._surface = {k: frozenset(v) for k, v in surface.items()}
         self._lemma = {k: frozenset(v) for k, v in {**inflected, **base}.items()}
         self._max_len = max(len(k) for k in surface)
-        self._implied = {a: self._closure(a) for a in self.vocab.names}
+        self._implied = {a: self.vocab.closure({a}) - {a} for a in self.vocab.names}
         self._implied_by: dict[str, set[str]] = {a: set() for a in self.vocab.names}
         for a, ups in self._implied.items():
             for u in ups:
                 self._implied_by[u].add(a)
-
-    def _closure(self, name: str) -> set[str]:
-        edges = self._edges()
-        out, todo = set(), [name]
-        while todo:
-            for up in edges.get(todo.pop(), ()):
-                if up in self.vocab and up not in out:
-                    out.add(up)
-                    todo.append(up)
-        return out
-
-    def _edges(self) -> Mapping[str, tuple[str, ...]]:
-        own = {a.name: tuple(getattr(a, "implies", ())) for a in self.vocab}
-        return own if any(own.values()) else FALLBACK_IMPLIES
 
     def mentions(self, caption: str) -> list[Mention]:
         """Every term found in `caption`, longest match first, with its negation status."""
@@ -490,25 +394,3 @@ def format_report(report: dict, top: int = 12) -> str:
                 "  most false positives: " + ", ".join(f"{n} {s['positive']['fp']}" for n, s in worst)
             )
     return "\n".join(lines)
-
-
-def run_mine(args) -> int:
-    """CLI entry: `python -m cocoattr data mine --captions FILE [--labels FILE] [--out FILE]`."""
-    from cocoattr.data.coco import captions_by_image, load_coco
-    from cocoattr.data.gallery import read_hand_labels
-
-    vocab = load_vocabulary()
-    captions = captions_by_image(load_coco(Path(args.captions), "captions"))
-    hand = read_hand_labels(Path(args.labels), vocab) if getattr(args, "labels", None) else None
-    miner = CaptionMiner(vocab, min_votes=getattr(args, "min_votes", None) or 1)
-    report = miner_report(captions, hand, miner=miner)
-    print(format_report(report))
-    if getattr(args, "out", None):
-        out = Path(args.out)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        except OSError as e:
-            raise UserError(f"{out}: cannot write the report ({e.strerror or e})") from None
-        print(f"wrote {out}")
-    return 0

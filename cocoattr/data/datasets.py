@@ -9,7 +9,6 @@ and every patch of one photo lands in the same split.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,8 @@ from cocoattr.data.cocottributes import (
 )
 from cocoattr.data.gallery import Gallery, load_gallery
 from cocoattr.errors import UserError
+from cocoattr.images import load_image
 from cocoattr.vocab import Vocabulary, load_vocabulary
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -43,55 +41,6 @@ class Sample:
     labels: np.ndarray  # (A,) int8: 1 positive, 0 negative, -1 unknown
     box: tuple[float, float, float, float] | None = None  # COCO (x, y, w, h); None = whole image
     source: str = ""
-
-
-def _hash(image_id: int | str, seed: int) -> int:
-    """64 bits of sha256("seed:id"): the one source of every split decision."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{image_id}".encode()).digest()[:8], "big")
-
-
-def rank_split(ids: Sequence[int], fractions: Sequence[float], seed: int = 0) -> dict[int, str]:
-    """Exact-count split of a small set: order by the same hash as `split_of`, then cut."""
-    order = sorted(set(ids), key=lambda i: _hash(i, seed))
-    n_train = round(fractions[0] * len(order))
-    n_val = round(fractions[1] * len(order))
-    return {
-        i: SPLITS[0] if k < n_train else SPLITS[1] if k < n_train + n_val else SPLITS[2]
-        for k, i in enumerate(order)
-    }
-
-
-def split_of(image_id: int | str, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> str:
-    """'train', 'val' or 'test' for an image, from a hash of (seed, id): stable everywhere."""
-    if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, not {fractions}")
-    u = _hash(image_id, seed) / 2**64
-    edge = 0.0
-    for name, frac in zip(SPLITS, fractions, strict=True):
-        edge += frac
-        if u < edge:
-            return name
-    return SPLITS[-1]
-
-
-def select_split(
-    samples: Sequence[Sample], split: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
-) -> list[Sample]:
-    """The samples whose image falls in `split`."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    return [s for s in samples if split_of(s.image_id, fractions, seed) == split]
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    try:
-        from cocoattr.images import load_image
-    except ImportError:  # pragma: no cover - cocoattr.images is part of the package
-        from PIL import ImageOps
-
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-    return load_image(path)
 
 
 class AttributeDataset(Dataset):
@@ -118,7 +67,7 @@ class AttributeDataset(Dataset):
     def image(self, index: int) -> Image.Image:
         """The PIL image (cropped with context for boxes) before the transform."""
         s = self.samples[index]
-        image = _open_rgb(s.path)
+        image = load_image(s.path)
         return crop_with_context(image, s.box, self.context) if s.box is not None else image
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

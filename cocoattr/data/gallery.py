@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cocoattr.data.coco import read_json
+from cocoattr.data.coco import captions_by_image, load_coco, read_json
+from cocoattr.data.splits import rank_split
 from cocoattr.errors import UserError
 from cocoattr.images import path_inside
 from cocoattr.vocab import Vocabulary, load_vocabulary
@@ -40,8 +41,6 @@ class Gallery:
 
     def splits(self, fractions=GALLERY_SPLIT, seed: int = GALLERY_SPLIT_SEED) -> dict[int, str]:  # noqa: ANN001
         """image id -> 'train' / 'val' / 'test': what training and `evaluate --split` use."""
-        from cocoattr.data.datasets import rank_split
-
         return rank_split(self.image_ids, fractions, seed)
 
 
@@ -84,7 +83,6 @@ def load_gallery(
     root: Path | None = None, vocab: Vocabulary | None = None, *, check_files: bool = True
 ) -> Gallery:
     """The gallery's images, captions and hand labels (images without hand labels get all -1)."""
-    from cocoattr.data.coco import captions_by_image, load_coco
 
     vocab = vocab or load_vocabulary()
     root = Path(root) if root is not None else gallery_root()

@@ -1,0 +1,132 @@
+"""The image side of the model: a backbone's feature grid plus fixed evidence channels.
+
+`FeatureGrid` wraps a registered backbone and can append two fixed, non-learned channel
+groups that make zero-shot attributes possible without attribute data:
+  * concepts: per-location ImageNet class probabilities (the classifier applied per cell);
+  * colour:   per-cell fractions of the 11 basic colour terms plus brightness/saturation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cocoattr.backbones import get_spec, load_imagenet_state
+
+COLOUR_TERMS = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "pink",
+    "brown",
+    "black",
+    "white",
+    "gray",
+)
+COLOUR_CHANNELS = COLOUR_TERMS + ("brightness", "saturation")
+
+
+def colour_names(rgb: torch.Tensor) -> torch.Tensor:
+    """Per-pixel basic colour term (one-hot over 11) + brightness + saturation: (B, 13, H, W).
+
+    Hand-set HSV rules, a fixed stem rather than learned weights: colour words are the
+    one attribute family an ImageNet classifier knows nothing about.
+    """
+    r, g, b = rgb.unbind(1)
+    v, _ = rgb.max(1)
+    mn, _ = rgb.min(1)
+    delta = v - mn
+    s = torch.where(v > 0, delta / v.clamp_min(1e-6), torch.zeros_like(v))
+    safe = delta.clamp_min(1e-6)
+    h = (
+        torch.where(v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
+        * 60.0
+    )
+    achromatic = (s < 0.2) | (v < 0.2)
+    terms = torch.zeros(rgb.shape[0], len(COLOUR_TERMS), *rgb.shape[2:], dtype=rgb.dtype, device=rgb.device)
+    idx = {t: i for i, t in enumerate(COLOUR_TERMS)}
+
+    def put(name: str, mask: torch.Tensor) -> None:
+        terms[:, idx[name]] = torch.where(mask, torch.ones_like(v), terms[:, idx[name]])
+
+    put("black", v < 0.2)
+    put("white", (~(v < 0.2)) & (s < 0.2) & (v >= 0.75))
+    put("gray", (~(v < 0.2)) & (s < 0.2) & (v < 0.75))
+    chrom = ~achromatic
+    brownish = chrom & (h >= 10) & (h < 50) & (v < 0.65)
+    put("brown", brownish)
+    rest = chrom & ~brownish
+    put("red", rest & ((h < 12) | (h >= 340)) & ~((s < 0.5) & (v > 0.8)))
+    put("pink", rest & (((h >= 290) & (h < 340)) | (((h < 12) | (h >= 340)) & (s < 0.5) & (v > 0.8))))
+    put("orange", rest & (h >= 12) & (h < 40))
+    put("yellow", rest & (h >= 40) & (h < 70))
+    put("green", rest & (h >= 70) & (h < 170))
+    put("blue", rest & (h >= 170) & (h < 260))
+    put("purple", rest & (h >= 260) & (h < 290))
+    return torch.cat([terms, v.unsqueeze(1), s.unsqueeze(1)], dim=1)
+
+
+class FeatureGrid(nn.Module):
+    """Image batch -> (B, C, h, w): backbone features [+ concepts] [+ colour channels]."""
+
+    def __init__(
+        self, name: str, concepts: bool = False, colour: bool = False, concept_temperature: float = 1.0
+    ):
+        super().__init__()
+        spec = get_spec(name)
+        self.name = name
+        self.body, classifier = spec.build()
+        self.classifier = classifier if concepts else None
+        self.colour = colour
+        self.concept_temperature = concept_temperature
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.feature_channels = spec.channels
+        self.channels = (
+            spec.channels
+            + (classifier.out_features if concepts else 0)
+            + (len(COLOUR_CHANNELS) if colour else 0)
+        )
+
+    def load_imagenet(self) -> None:
+        state = load_imagenet_state(self.name)
+        if self.classifier is None:
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith(("mean", "std"))]:
+            raise RuntimeError(
+                f"{self.name}: weights do not fit (missing {missing}, unexpected {unexpected})"
+            )
+
+    def colour_channels(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Colour-term fractions per grid cell, from every `step`-th pixel (>= 8x8 samples per
+        cell): at 288 px a 16th of the work of using every pixel, and no colour blending."""
+        gh, gw = int(grid[0]), int(grid[1])
+        step = max(1, min(x.shape[-2] // (8 * gh), x.shape[-1] // (8 * gw)))
+        rgb = (x[..., ::step, ::step] * self.std + self.mean).clamp(0, 1)
+        return F.adaptive_avg_pool2d(colour_names(rgb), (gh, gw))
+
+    def concepts(self, feats: torch.Tensor) -> torch.Tensor:
+        """Per-cell ImageNet class probabilities (B, K, h, w) from body features, computed
+        cell-major (a linear layer and a softmax over the last dim) and returned as a
+        channels_last view, no copy."""
+        logits = self.classifier(feats.permute(0, 2, 3, 1))  # (B, h, w, K)
+        return F.softmax(logits / self.concept_temperature, dim=-1).permute(0, 3, 1, 2)
+
+    def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[features, concepts?, colour?], each (B, *, h, w): the grid before concatenation."""
+        feats = self.body(x)
+        parts = [feats]
+        if self.classifier is not None:
+            parts.append(self.concepts(feats))
+        if self.colour:
+            parts.append(self.colour_channels(x, feats.shape[-2:]))
+        return parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = self.parts(x)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
