@@ -203,7 +203,9 @@ def real_index(tmp_path_factory: pytest.TempPathFactory, default_checkpoint: Pat
         shutil.copy(APP_GALLERY / name, root / name)
     (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = root.parent / "index.npz"
-    code = main(["index", "build", "--images", str(root), "--checkpoint", str(default_checkpoint), "--out", str(out)])
+    code = main(
+        ["index", "build", "--images", str(root), "--checkpoint", str(default_checkpoint), "--out", str(out)]
+    )
     assert code == 1  # one unreadable image: reported, skipped, index still written
     return root, out
 
