@@ -35,7 +35,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     """Fetch a checkpoint from the Hub (or HF_ENDPOINT) into the HF cache; offline: cache only."""
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
+            repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME]
         )
     except RepositoryNotFoundError:
         raise UserError(f"Hub checkpoint {repo_id!r} not found (or private: set HF_TOKEN)") from None

@@ -62,7 +62,7 @@ def test_unknown_checkpoint_is_one_line_error():
 
 def test_download_help_lists_every_resource(capsys):
     from cocoattr.cli import build_parser
-    from cocoattr.data.download import RESOURCES
+    from cocoattr.data.resources import RESOURCES
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["data", "download", "--help"])

@@ -23,7 +23,7 @@ import pytest
 
 from cocoattr import cli
 from cocoattr.data import download as dl
-from cocoattr.data import verify
+from cocoattr.data import resources, verify
 from cocoattr.errors import UserError
 
 STALL_MAX_S = 10.0
@@ -210,14 +210,14 @@ def server():
 @pytest.fixture
 def unpinned(monkeypatch):
     """coco-attributes as it was: no recorded size or sha256 (a mirror of another pickle)."""
-    entry = dl.Resource(
+    entry = resources.Resource(
         "coco-attributes",
         "test",
-        (dl.RemoteFile(dl.COCOTTRIBUTES_BASE, "data/cocottributes_eccv_version.pkl"),),
+        (resources.RemoteFile(resources.COCOTTRIBUTES_BASE, "data/cocottributes_eccv_version.pkl"),),
         None,
         ("cocottributes/cocottributes_eccv_version.pkl",),
     )
-    monkeypatch.setitem(dl.RESOURCES, "coco-attributes", entry)
+    monkeypatch.setitem(resources.RESOURCES, "coco-attributes", entry)
     return "/data/cocottributes_eccv_version.pkl"
 
 
@@ -481,7 +481,7 @@ def test_files_get_the_users_umask(server, tmp_path):
 
 
 def test_registry_records_sha256_and_sizes_for_every_file():
-    files = {f.filename: f for r in dl.RESOURCES.values() for f in r.files}
+    files = {f.filename: f for r in resources.RESOURCES.values() for f in r.files}
     assert all(f.sha256 is not None and len(f.sha256) == 64 for f in files.values())
     assert files["val2014.zip"].size == 6645013297 and files["train2014.zip"].size == 13510573713
     assert files["cocottributes_eccv_version.pkl"].size == 1261766525
