@@ -23,7 +23,8 @@ from cocoattr.predictor import Predictor
 from cocoattr.vocab import load_vocabulary
 from cocoattr.zeroshot import class_attribute_matrix
 
-SUMMARY_KEYS = ("mAP", "mean_per_image_auc", "macro_f1", "micro_f1", "CF1", "OF1", "n_attributes_scored")
+SUMMARY_KEYS = ("mAP", "mean_per_image_auc", "precision_at_5", "precision_at_5_non_colour", "colours_in_top_5",
+                "macro_f1", "micro_f1", "CF1", "OF1", "n_attributes_scored")  # fmt: skip
 
 
 class PosteriorBaseline:
@@ -99,17 +100,17 @@ def format_table(result: dict) -> str:
     cols = [k for k in ("model", "baseline_mean", "baseline_sum") if k in result]
     lines = [
         f"{result['n_images']} images ({result['data']}, split {result['split']}), checkpoint {result['checkpoint']}",
-        f"{'metric':<22}" + "".join(f"{c:>15}" for c in cols),
+        f"{'metric':<28}" + "".join(f"{c:>15}" for c in cols),
     ]
     for key in SUMMARY_KEYS:
         row = [result[c].get(key) for c in cols]
         lines.append(
-            f"{key:<22}" + "".join(f"{v:>15.4f}" if isinstance(v, float) else f"{v!s:>15}" for v in row)
+            f"{key:<28}" + "".join(f"{v:>15.4f}" if isinstance(v, float) else f"{v!s:>15}" for v in row)
         )
     for t in result["model"].get("mAP_by_type", {}):
         row = [result[c]["mAP_by_type"].get(t) for c in cols]
         lines.append(
-            f"{'mAP ' + t:<22}" + "".join(f"{x:>15.4f}" if x is not None else f"{'-':>15}" for x in row)
+            f"{'mAP ' + t:<28}" + "".join(f"{x:>15.4f}" if x is not None else f"{'-':>15}" for x in row)
         )
     return "\n".join(lines)
 
@@ -123,5 +124,6 @@ def gallery_metrics(model: AttributeModel) -> dict[str, float]:
     result = metrics.evaluate(
         score_images(Predictor(model), paths), labels, model.attributes, model.attribute_types
     )
-    keys = ("mAP", "mean_per_image_auc", "micro_f1", "macro_f1", "n_attributes_scored")
+    keys = ("mAP", "mean_per_image_auc", "precision_at_5", "precision_at_5_non_colour", "micro_f1", "macro_f1",
+            "n_attributes_scored")  # fmt: skip
     return {f"gallery_{k}": result[k] for k in keys} | {"gallery_images": len(paths)}

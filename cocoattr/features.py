@@ -1,9 +1,14 @@
 """The image side of the model: a backbone's feature grid plus fixed evidence channels.
 
-`FeatureGrid` wraps a registered backbone and can append two fixed, non-learned channel
-groups that make zero-shot attributes possible without attribute data:
+`FeatureGrid` wraps a registered backbone and can append three fixed channel groups that make
+zero-shot attributes possible without attribute data:
   * concepts: per-location ImageNet class probabilities (the classifier applied per cell);
-  * colour:   per-cell fractions of the 11 basic colour terms plus brightness/saturation.
+  * colour:   per-cell fractions of the 11 basic colour terms plus brightness/saturation;
+  * objects:  per-cell COCO-80 class evidence from a NanoDet detector (`cocoattr.detector`):
+              each class's best score over the detector cells inside the grid cell, at every
+              stride. The detector runs on the model's own input (squashed to `image_size`, the
+              same pixels as the backbone; at 288 px its coarsest grid is the backbone's 9x9) and
+              its boxes give the per-object results.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cocoattr.backbones import get_spec, load_imagenet_state
+from cocoattr.detector import MEAN_BGR, NUM_CLASSES, STD_BGR, NanoDet, NanoDetOutput
 
 COLOUR_TERMS = (
     "red",
@@ -71,11 +77,10 @@ def colour_names(rgb: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureGrid(nn.Module):
-    """Image batch -> (B, C, h, w): backbone features [+ concepts] [+ colour channels]."""
+    """Image batch -> (B, C, h, w): backbone features [+ concepts] [+ colour] [+ objects]."""
 
-    def __init__(
-        self, name: str, concepts: bool = False, colour: bool = False, concept_temperature: float = 1.0
-    ):
+    def __init__(self, name: str, concepts: bool = False, colour: bool = False, concept_temperature: float = 1.0,
+                 objects: bool = False):  # fmt: skip
         super().__init__()
         spec = get_spec(name)
         self.name = name
@@ -85,11 +90,16 @@ class FeatureGrid(nn.Module):
         self.concept_temperature = concept_temperature
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.detector = NanoDet() if objects else None
+        # The detector's input from the backbone's: RGB in [0, 1] -> upstream's BGR mean/std.
+        self.register_buffer("det_mean", torch.tensor(MEAN_BGR).view(1, 3, 1, 1) / 255, persistent=False)
+        self.register_buffer("det_std", torch.tensor(STD_BGR).view(1, 3, 1, 1) / 255, persistent=False)
         self.feature_channels = spec.channels
         self.channels = (
             spec.channels
             + (classifier.out_features if concepts else 0)
             + (len(COLOUR_CHANNELS) if colour else 0)
+            + (NUM_CLASSES if objects else 0)
         )
 
     def load_imagenet(self) -> None:
@@ -97,7 +107,7 @@ class FeatureGrid(nn.Module):
         if self.classifier is None:
             state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if not k.startswith(("mean", "std"))]:
+        if unexpected or [k for k in missing if not k.startswith(("mean", "std", "det_", "detector."))]:
             raise RuntimeError(
                 f"{self.name}: weights do not fit (missing {missing}, unexpected {unexpected})"
             )
@@ -117,14 +127,34 @@ class FeatureGrid(nn.Module):
         logits = self.classifier(feats.permute(0, 2, 3, 1))  # (B, h, w, K)
         return F.softmax(logits / self.concept_temperature, dim=-1).permute(0, 3, 1, 2)
 
-    def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[features, concepts?, colour?], each (B, *, h, w): the grid before concatenation."""
+    def load_detector(self, state: dict[str, torch.Tensor]) -> None:
+        """Set the detector's weights (`cocoattr.tfjs.nanodet_state_dict`), strictly."""
+        self.detector.load_state_dict(state, strict=True)
+
+    def detect(self, x: torch.Tensor) -> NanoDetOutput:
+        """The detector's raw output for a normalised batch (the backbone's input)."""
+        rgb = x * self.std + self.mean
+        return self.detector((rgb.flip(1) - self.det_mean) / self.det_std)
+
+    @staticmethod
+    def object_channels(detections: NanoDetOutput, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, 80, h, w): per grid cell, each class's best detector score at any stride."""
+        gh, gw = int(grid[0]), int(grid[1])
+        pooled = [F.adaptive_max_pool2d(level, (gh, gw)) for level in detections.scores]
+        return torch.stack(pooled).amax(0)
+
+    def parts(self, x: torch.Tensor, detections: NanoDetOutput | None = None) -> list[torch.Tensor]:
+        """[features, concepts?, colour?, objects?], each (B, *, h, w): the grid before
+        concatenation. `detections` (from `detect(x)`) saves running the detector twice."""
         feats = self.body(x)
         parts = [feats]
         if self.classifier is not None:
             parts.append(self.concepts(feats))
         if self.colour:
             parts.append(self.colour_channels(x, feats.shape[-2:]))
+        if self.detector is not None:
+            detections = detections if detections is not None else self.detect(x)
+            parts.append(self.object_channels(detections, feats.shape[-2:]))
         return parts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

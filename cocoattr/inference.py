@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cocoattr.detector import decode_boxes, nms
+from cocoattr.errors import UserError
 from cocoattr.model import AttributeModel, AttributeOutput
 
 
@@ -99,6 +102,30 @@ def inference_copy(backbone: nn.Module) -> nn.Module:
     return fast.to(memory_format=torch.channels_last)
 
 
+@dataclass
+class ObjectsOutput:
+    """One image's detected objects: boxes (K, 4) as x1, y1, x2, y2 in [0, 1] of the image,
+    detector scores (K,), COCO-80 labels (K,), and each object's attribute logits (K, A)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+
+
+def box_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(K, 4) relative boxes -> (K, h*w) bool: the grid cells whose centre lies in each box, or the
+    cell under the box's centre when the box is smaller than a cell."""
+    ys = (torch.arange(h, dtype=boxes.dtype) + 0.5) / h
+    xs = (torch.arange(w, dtype=boxes.dtype) + 0.5) / w
+    cy, cx = ys[:, None].expand(h, w).reshape(-1), xs[None, :].expand(h, w).reshape(-1)
+    x1, y1, x2, y2 = (boxes[:, i : i + 1] for i in range(4))
+    inside = (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
+    centre = ((y1 + y2) / 2 * h).long().clamp(0, h - 1) * w + ((x1 + x2) / 2 * w).long().clamp(0, w - 1)
+    inside[torch.arange(len(boxes)), centre[:, 0]] = True
+    return inside
+
+
 def _weights_key(module: nn.Module) -> tuple:
     return tuple((id(t), t._version, t.data_ptr()) for t in (*module.parameters(), *module.buffers()))
 
@@ -150,6 +177,32 @@ class InferenceModel:
     def head(self, parts: list[torch.Tensor]) -> AttributeOutput:
         """`model.forward_head(torch.cat(parts, 1))` for `FeatureGrid.parts` output, without
         building the concatenated grid."""
+        return self._head(*self._tokens(parts))
+
+    @torch.inference_mode()
+    def with_objects(self, images: torch.Tensor, score_threshold: float = 0.35, max_objects: int = 10
+                     ) -> tuple[AttributeOutput, list[ObjectsOutput]]:  # fmt: skip
+        """The image output plus, per image, the detected objects and each object's attribute
+        logits: the model's own head with its attention restricted to the grid cells inside the
+        object's box (and the mean-pooled term to those cells), so an object's attributes come
+        from the evidence where the object is."""
+        backbone = self.prepared_backbone()
+        if backbone.detector is None:
+            raise UserError("this checkpoint has no object detector (config objects: false)")
+        detections = backbone.detect(images)
+        tokens, h, w = self._tokens(backbone.parts(images, detections))
+        size = images.shape[-1]
+        boxes, scores = decode_boxes(detections, input_size=size)
+        found = []
+        for i in range(len(images)):
+            d = nms(boxes[i], scores[i], score_threshold, iou_threshold=0.6, max_detections=max_objects)
+            rel = d.boxes / size
+            masks = box_masks(rel, h, w)
+            logits = self._head(tokens[i : i + 1].expand(len(masks), -1, -1), h, w, masks).logits
+            found.append(ObjectsOutput(rel, d.scores, d.labels, logits))
+        return self._head(tokens, h, w), found
+
+    def _tokens(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, int, int]:
         self._refresh()
         b, _, h, w = parts[0].shape
         m = self.model
@@ -160,17 +213,26 @@ class InferenceModel:
         tokens = tokens.expand(b, h * w, -1)
         if tokens.shape[1] == m.pos_embed.shape[1]:
             tokens = tokens + m.pos_embed
-        return self._head(tokens, h, w)
+        return tokens, h, w
 
-    def _head(self, tokens: torch.Tensor, h: int, w: int) -> AttributeOutput:
+    def _head(
+        self, tokens: torch.Tensor, h: int, w: int, cells: torch.Tensor | None = None
+    ) -> AttributeOutput:
+        """The attention head; `cells` (B, N) bool restricts attention and pooling to those cells."""
         m = self.model
         heads = m.attn.num_heads
         b, n, d = tokens.shape
         k = (tokens @ self.wk.T + self.bk).view(b, n, heads, d // heads).transpose(1, 2)  # (B, H, N, dh)
         v = (tokens @ self.wv.T + self.bv).view(b, n, heads, d // heads).transpose(1, 2)
-        weights = torch.softmax(self.q @ k.transpose(-1, -2), dim=-1)  # (B, H, A, N)
+        logits = self.q @ k.transpose(-1, -2)  # (B, H, A, N)
+        if cells is not None:
+            logits = logits.masked_fill(~cells[:, None, None, :], float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
         attended = (weights @ v).transpose(1, 2).reshape(b, -1, d)  # (B, A, d)
-        pooled = tokens.mean(1)
+        if cells is None:
+            pooled = tokens.mean(1)
+        else:
+            pooled = (tokens * cells[..., None]).sum(1) / cells.sum(1, keepdim=True)
         logits = (attended * self.cls_eff).sum(-1) + pooled @ m.cls_global.T + self.bias_eff
         embedding = F.normalize(m.image_proj(pooled), dim=-1)
         return AttributeOutput(logits=logits, maps=weights.mean(1).reshape(b, -1, h, w), embedding=embedding)

@@ -300,6 +300,39 @@ def topk_precision_recall(scores: Any, labels: Any, k: int = 3) -> dict[str, flo
     return {"CP": cp, "CR": cr, "CF1": _f1_from(cp, cr), "OP": op, "OR": orec, "OF1": _f1_from(op, orec)}
 
 
+def precision_at_k(scores: Any, labels: Any, k: int = 5) -> float:
+    """Mean over images of the share of positives among its top-k *known* attributes (what a
+    user reads first: the top of the page). Unknown entries are left out of the ranking, as in
+    `topk_precision_recall`; images with no known attribute are skipped."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    s, y = _as_arrays(scores, labels, ndim=2)
+    known = y != UNKNOWN
+    order = np.lexsort((-s, ~known), axis=-1)[:, : min(k, s.shape[1])]
+    top_known = np.take_along_axis(known, order, axis=1)
+    top_pos = np.take_along_axis(y == POSITIVE, order, axis=1) & top_known
+    n = top_known.sum(axis=1)
+    keep = n > 0
+    return float(np.mean(top_pos.sum(axis=1)[keep] / n[keep])) if keep.any() else math.nan
+
+
+def precision_at_k_report(scores: Any, labels: Any, types: Sequence[str], k: int = 5) -> dict[str, Any]:
+    """precision@k over the whole vocabulary, over the non-colour attributes (colour words are
+    easy and crowd the top), and within each type; plus how many of each image's top k are colours."""
+    s, y = _as_arrays(scores, labels, ndim=2)
+    t = np.asarray(types)
+    non_colour = t != "color"
+    order = np.lexsort((-s, y == UNKNOWN), axis=-1)[:, :k]
+    return {
+        f"precision_at_{k}": precision_at_k(s, y, k),
+        f"precision_at_{k}_non_colour": precision_at_k(s[:, non_colour], y[:, non_colour], k),
+        f"colours_in_top_{k}": float(np.mean((t[order] == "color").sum(axis=1))),
+        f"precision_at_{k}_by_type": {
+            name: precision_at_k(s[:, t == name], y[:, t == name], k) for name in dict.fromkeys(types)
+        },
+    }
+
+
 # --------------------------------------------------------------------------- groupings / retrieval
 
 
@@ -405,6 +438,7 @@ def evaluate(
         "macro_f1": f1["macro_f1"],
         "micro_f1": f1["micro_f1"],
         **topk_precision_recall(s, y, k=3),
+        **precision_at_k_report(s, y, types, k=5),
         "mAP_by_type": _map_by_type(ap, types),
         "per_attribute": {
             name: {"ap": ap[a], "f1": f1["per_attribute"][a], "n_pos": n_pos[a], "n_neg": n_neg[a]}

@@ -44,6 +44,7 @@ class ModelConfig(BaseModel):
     backbone: str = "mobilenet_v2"
     concepts: bool = True
     colour: bool = True
+    objects: bool = False
     concept_temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
     image_size: int = Field(288, ge=32, le=1024)
     dim: int = Field(512, ge=8, le=4096)
@@ -108,6 +109,7 @@ class AttributeModel(
         backbone: str = "mobilenet_v2",
         concepts: bool = True,
         colour: bool = True,
+        objects: bool = False,
         concept_temperature: float = 1.0,
         image_size: int = 288,
         dim: int = 512,
@@ -129,7 +131,11 @@ class AttributeModel(
         n_attr = len(attributes)
 
         self.backbone = FeatureGrid(
-            backbone, concepts=concepts, colour=colour, concept_temperature=concept_temperature
+            backbone,
+            concepts=concepts,
+            colour=colour,
+            concept_temperature=concept_temperature,
+            objects=objects,
         )
         grid = self._grid_size(image_size)
         self.grid = grid

@@ -18,11 +18,23 @@ import torch
 from PIL import Image
 
 from cocoattr.checkpoints import load_model
+from cocoattr.detector import COCO80
 from cocoattr.errors import UserError
 from cocoattr.images import ImageInput, load_image
 from cocoattr.inference import InferenceModel
 from cocoattr.model import AttributeModel, AttributeOutput
 from cocoattr.transforms import normalize, preprocess, resize_rgb
+
+
+@dataclass
+class DetectedObject:
+    """One object in an image: its box in the image's own pixels, COCO-80 category and detector
+    score, and the attribute probabilities read from inside its box."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    category: str
+    score: float
+    probs: np.ndarray  # (A,)
 
 
 @dataclass
@@ -32,6 +44,7 @@ class Prediction:
     probs: np.ndarray  # (A,)
     maps: np.ndarray  # (A, h, w)
     embedding: np.ndarray  # (D,)
+    objects: list[DetectedObject] | None = None  # filled by `predict_objects`
 
 
 class Predictor:
@@ -108,6 +121,34 @@ class Predictor:
         o = self._forward_pixels(pixels)
         probs, maps, emb = o.probs.numpy(), o.maps.numpy(), o.embedding.numpy()
         return [Prediction(probs[i], maps[i], emb[i]) for i in range(len(probs))]
+
+    def predict_objects(self, images: Sequence[ImageInput], score_threshold: float = 0.35,
+                        max_objects: int = 10) -> list[Prediction]:  # fmt: skip
+        """Predictions with `objects` filled: boxes, categories and per-object attributes."""
+        out: list[Prediction] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = [
+                load_image(image, min_side=2 * self.size) for image in images[start : start + self.batch_size]
+            ]
+            pixels = np.stack([resize_rgb(image, self.size) for image in chunk])
+            o, found = self.engine.with_objects(
+                normalize(pixels, self.mean, self.std), score_threshold, max_objects
+            )
+            for i, (image, objects) in enumerate(zip(chunk, found, strict=True)):
+                scale = np.array([image.width, image.height] * 2, np.float32)
+                probs = torch.sigmoid(objects.logits).numpy()
+                detected = [
+                    DetectedObject(
+                        tuple(float(v) for v in box * scale), COCO80[int(label)], float(score), probs[k]
+                    )
+                    for k, (box, score, label) in enumerate(
+                        zip(objects.boxes.numpy(), objects.scores, objects.labels, strict=True)
+                    )
+                ]
+                out.append(
+                    Prediction(o.probs[i].numpy(), o.maps[i].numpy(), o.embedding[i].numpy(), detected)
+                )
+        return out
 
     def predict_one(self, image: ImageInput) -> Prediction:
         return self.predict([image])[0]

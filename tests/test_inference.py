@@ -51,3 +51,35 @@ def test_inference_model_equals_the_training_path(random_model):
         assert torch.allclose(a.maps, b.maps, atol=1e-5)
         assert torch.allclose(a.embedding, b.embedding, atol=1e-5)
     assert not torch.allclose(fast.logits, fast2.logits)
+
+
+def test_box_masks_select_the_cells_inside_and_never_none():
+    from cocoattr.inference import box_masks
+
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0], [0.40, 0.40, 0.42, 0.42]])
+    masks = box_masks(boxes, 4, 4).view(3, 4, 4)
+    assert masks[0].tolist() == [[True, True, False, False], [True, True, False, False]] + [[False] * 4] * 2
+    assert bool(masks[1].all())
+    assert int(masks[2].sum()) == 1 and bool(masks[2, 1, 1])  # a tiny box keeps the cell under its centre
+
+
+def test_a_region_covering_every_cell_is_the_whole_image_head(random_model):
+    """Per-object attributes are the same head restricted to a box: the whole-image box gives
+    exactly the image's logits, and a smaller box changes them."""
+    engine = InferenceModel(random_model(zero_features=False))
+    x = torch.randn(1, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        tokens, h, w = engine._tokens(engine.prepared_backbone().parts(x))
+        whole = engine._head(tokens, h, w)
+        everything = engine._head(tokens, h, w, torch.ones(1, h * w, dtype=torch.bool))
+        corner = engine._head(tokens, h, w, torch.arange(h * w)[None] == 0)
+    assert torch.allclose(whole.logits, everything.logits, atol=1e-5)
+    assert not torch.allclose(whole.logits, corner.logits, atol=1e-3)
+    assert float(corner.maps[0, :, 0, 0].min()) == pytest.approx(1.0)  # all attention on the one cell
+
+
+def test_objects_need_a_checkpoint_with_a_detector(random_model):
+    from cocoattr.errors import UserError
+
+    with pytest.raises(UserError, match="no object detector"):
+        InferenceModel(random_model()).with_objects(torch.zeros(1, 3, 96, 96))

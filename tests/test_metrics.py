@@ -348,3 +348,20 @@ def test_f1_matches_sklearn():
     known = labels != -1
     pred = scores >= t[None, :]
     assert out["micro_f1"] == pytest.approx(sk.f1_score(labels[known], pred[known]))
+
+
+def test_precision_at_k_ranks_known_labels_only():
+    from cocoattr.metrics import precision_at_k, precision_at_k_report
+
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    labels = np.array([[1, -1, 0, 1], [0, 0, 1, 1]])
+    # image 0: known are 0, 2, 3 -> top 2 = [0 (pos), 2 (neg)]; image 1: top 2 = [3 (pos), 2 (pos)]
+    assert precision_at_k(scores, labels, k=2) == pytest.approx((0.5 + 1.0) / 2)
+    assert precision_at_k(scores, np.full_like(labels, -1), k=2) != precision_at_k(scores, labels, k=2)
+    report = precision_at_k_report(scores, labels, ["color", "shape", "shape", "scene"], k=2)
+    # non-colour columns 1..3: image 0 known 2 (neg), 3 (pos) -> 0.5; image 1: 3, 2 pos -> 1.0
+    assert report["precision_at_2_non_colour"] == pytest.approx(0.75)
+    assert report["colours_in_top_2"] == pytest.approx(0.5)  # image 0's top two include the colour
+    assert report["precision_at_2_by_type"]["scene"] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        precision_at_k(scores, labels, k=0)

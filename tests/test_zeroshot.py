@@ -66,3 +66,39 @@ def test_default_beats_the_posterior_baseline_on_the_gallery():
     assert model["mean_per_image_auc"] > 0.8
     assert model["mean_per_image_auc"] > base["mean_per_image_auc"] + 0.1
     assert model["mAP"] > base["mAP"] + 0.03
+
+
+def test_the_default_boxes_people_and_vehicles_with_their_attributes(predictor):
+    """The detector inside the default: a person in the astronaut photo and a motorcycle in the
+    motorcycle photo, boxed in the photo's own pixels, each with attributes from its box."""
+    from cocoattr.data.gallery import gallery_root
+
+    images = gallery_root() / "images"
+    names = predictor.attributes
+    for file, category, attribute in (("skimage_astronaut.jpg", "person", "person"),
+                                      ("skimage_motorcycle.jpg", "motorcycle", "motorcycle")):  # fmt: skip
+        pred = predictor.predict_objects([images / file])[0]
+        best = max((o for o in pred.objects if o.category == category), key=lambda o: o.score)
+        assert best.score >= 0.5, (file, [(o.category, o.score) for o in pred.objects])
+        x1, y1, x2, y2 = best.box
+        assert 0 <= x1 < x2 <= 700 and 0 <= y1 < y2 <= 600 and (x2 - x1) > 200
+        assert best.probs.shape == (len(names),)
+        assert best.probs[names.index(attribute)] >= 0.5
+    cat = predictor.predict_objects([images / "skimage_chelsea.jpg"])[0]
+    assert not [o for o in cat.objects if o.category == "person" and o.score >= 0.5]
+
+
+def test_attributes_without_evidence_are_said_to_be_unseen_not_a_flat_prior(predictor, default_checkpoint):
+    """Attributes no evidence channel speaks for (`smiling`, `empty`) score ~0 everywhere instead
+    of their type's flat prior, which outranked real attributes."""
+    weights = predictor.model.token_proj.weight[: len(predictor.attributes)]
+    unseen = [
+        n
+        for j, n in enumerate(predictor.attributes)
+        if not weights[j].any() and predictor.model.cls_bias[j] < -8
+    ]
+    assert {"smiling", "empty"} <= set(unseen) and "person" not in unseen and "red" not in unseen
+    pred = predictor.predict_one(
+        default_checkpoint.parent.parent / "cocoattr" / "gallery" / "images" / "skimage_chelsea.jpg"
+    )
+    assert max(pred.probs[predictor.attributes.index(n)] for n in unseen) < 1e-3
