@@ -240,8 +240,10 @@ def bench_predict(pred, files: list[Path], quick: bool) -> dict:
 def _search_size(n: int, attributes: list[str], query, rng: np.random.Generator) -> dict:  # noqa: ANN001
     import faiss
 
-    from cocoattr.index import FaissBackend, Index, NumpyBackend, search, top_indices
+    from cocoattr.backends import FaissBackend, NumpyBackend, top_indices
+    from cocoattr.index import Index
     from cocoattr.query import P_CLIP
+    from cocoattr.search import search
 
     a, d, k = len(attributes), 384, 10
     cols = [attributes.index(t.attribute) for t in query.terms]
@@ -559,8 +561,9 @@ def bench_app(timeout: float = 240.0) -> dict:
 def write_profiles(pred, files: list[Path], attributes: list[str]) -> dict:
     from pyinstrument import Profiler
 
-    from cocoattr.index import Index, search
+    from cocoattr.index import Index
     from cocoattr.query import parse_query
+    from cocoattr.search import search
 
     folder = BENCH / "profiles"
     folder.mkdir(exist_ok=True)

@@ -128,21 +128,95 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from cocoattr.index import run_index_build
+    """`cocoattr index build`: exit 0, or 1 if some images could not be read (the index is still written)."""
+    from cocoattr.index import build_index, save_every_from_env  # numpy + the gallery: ~250 ms
 
-    return run_index_build(args)
+    report = build_index(args.images, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                         save_every=save_every_from_env())  # fmt: skip
+    if report.full_rebuild and report.reason != "new index":
+        notice(f"full rebuild: {report.reason}")
+    notice(
+        f"indexed {len(report.index)} images into {args.out}: {len(report.computed)} computed, "
+        f"{report.reused} unchanged, {len(report.removed)} removed, {len(report.failed)} failed"
+    )
+    if report.failed:
+        notice(f"{len(report.failed)} images could not be read and are not in the index")
+        return 1
+    return 0
+
+
+def cmd_index_recall(args: argparse.Namespace) -> int:
+    """`cocoattr index recall`: Recall@K of attribute search on the hand-labelled gallery."""
+    from cocoattr.search import gallery_recall  # numpy + the gallery: ~250 ms
+
+    result = gallery_recall(args.checkpoint, args.index)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    r = result
+    print(
+        f"gallery attribute-search Recall@K ({r['n_images']} images, checkpoint {r['checkpoint']['source']})"
+    )
+    print(f"{'query':<22} {'rel':>4} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
+    for row in r["queries"]:
+        print(
+            f"{row['query']:<22} {row['relevant']:>4} {row['R@1']:6.3f} {row['R@5']:6.3f} {row['R@10']:6.3f}"
+        )
+    print(f"{'mean':<22} {'':>4} {r['R@1']:6.3f} {r['R@5']:6.3f} {r['R@10']:6.3f}")
+    print(f"hit@1 {r['hit@1']:.3f}  hit@5 {r['hit@5']:.3f}  hit@10 {r['hit@10']:.3f}")
+    return 0
+
+
+def _quiet_transformers() -> None:
+    """The MiniLM load bar would interleave with the query interpretation on stderr."""
+    try:
+        from transformers.utils import logging as hf_logging  # optional and heavy: only when searching
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
+def _image_query(words: list[str]) -> Path | None:
+    """The query photo when the whole query is one existing image file, else None."""
+    from cocoattr.images import IMAGE_SUFFIXES  # numpy + PIL: ~170 ms
+
+    p = Path(words[0]).expanduser()
+    return p if len(words) == 1 and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() else None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from cocoattr.index import run_search
+    """`cocoattr search`: a table (or --json list) of hits best first; the interpretation goes to stderr."""
+    from cocoattr.index import Index  # numpy + the gallery: ~250 ms
+    from cocoattr.search import find
 
-    return run_search(args)
+    _quiet_transformers()
+    index = Index.load(args.index)
+    if not index.complete:
+        notice("this index is incomplete (an interrupted build); run `index build` again to finish it")
+    text, image = " ".join(args.query), _image_query(args.query)
+    if image is not None:
+        notice(f"query by image: nearest neighbours of {text}")
+    results = find(index, text, image=image, k=args.top_k)
+    if results.query is not None:
+        notice(results.query.describe())
+        for w in results.query.warnings:
+            notice(f"warning: {w}")
+    if args.json:
+        json.dump([h.to_json() for h in results.hits], sys.stdout, indent=1)
+        print()
+        return 0
+    if not results.hits:
+        print("(the index is empty)" if len(index) == 0 else "(no results)")
+    for rank, h in enumerate(results.hits, 1):
+        why = "  ".join(f"{name} {p:.2f}" for name, p in h.attributes.items())
+        print(f"{rank:>3}  {h.score:9.3f}  {h.image}  {why}")
+    return 0
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
-    from cocoattr.data.download import run_download
+    from cocoattr.data.download import download_all
 
-    return run_download(args)
+    return download_all(list(args.names), args.root, args.base_url)
 
 
 def cmd_data_mine(args: argparse.Namespace) -> int:
@@ -172,6 +246,32 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     print(push_to_hub(args.checkpoint, args.repo, private=args.private))
     return 0
+
+
+def _add_index_commands(sub: argparse._SubParsersAction) -> None:
+    """`index build`, `index recall` and `search`."""
+    p = sub.add_parser("index", help="retrieval index over a set of images")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="build or update an index")
+    _add_checkpoint(b)
+    b.add_argument("--images", required=True, help="folder of images, or 'gallery'")
+    b.add_argument("--out", required=True, help="index file to write")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.set_defaults(func=cmd_index)
+    r = isub.add_parser("recall", help="Recall@K of attribute search on the hand-labelled gallery")
+    r.add_argument(
+        "--checkpoint", default="default", help="checkpoint to index the gallery with (default: 'default')"
+    )
+    r.add_argument("--index", default=None, help="use this gallery index instead of building a temporary one")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_index_recall)
+
+    p = sub.add_parser("search", help="search an index with an attribute query")
+    p.add_argument("--index", required=True)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("query", nargs="+", help="e.g. 'red, furry, -indoor' or 'striped^2 animal' or free text")
+    p.set_defaults(func=cmd_search)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,26 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume from RUN_DIR/last if present (default: yes)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("index", help="retrieval index over a set of images")
-    isub = p.add_subparsers(dest="index_command", required=True)
-    b = isub.add_parser("build", help="build or update an index")
-    _add_checkpoint(b)
-    b.add_argument("--images", required=True, help="folder of images, or 'gallery'")
-    b.add_argument("--out", required=True, help="index file to write")
-    b.add_argument("--batch-size", type=int, default=16)
-    b.set_defaults(func=cmd_index)
-
-    p = sub.add_parser("search", help="search an index with an attribute query")
-    p.add_argument("--index", required=True)
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("query", nargs="+", help="e.g. 'red, furry, -indoor' or 'striped^2 animal' or free text")
-    p.set_defaults(func=cmd_search)
+    _add_index_commands(sub)
 
     p = sub.add_parser("data", help="datasets: download, mine weak labels")
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("download", help="download COCO / COCO Attributes files")
-    from cocoattr.data.download import RESOURCES  # stdlib only, ~50 ms: --help stays quick
+    from cocoattr.data.resources import RESOURCES  # stdlib only: --help stays quick
 
     d.add_argument("names", nargs="+", metavar="NAME", help="one or more of: " + ", ".join(RESOURCES))
     d.add_argument("--root", required=True, type=Path)

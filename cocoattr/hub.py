@@ -35,7 +35,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     """Fetch a checkpoint from the Hub (or HF_ENDPOINT) into the HF cache; offline: cache only."""
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
+            repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME]
         )
     except RepositoryNotFoundError:
         raise UserError(f"Hub checkpoint {repo_id!r} not found (or private: set HF_TOKEN)") from None
@@ -176,3 +176,36 @@ def push_to_hub(
         first = next((line for line in str(e).splitlines() if line.strip()), "")
         raise UserError(f"could not push to the Hub repo {repo_id!r} ({type(e).__name__}: {first})") from None
     return str(getattr(info, "commit_url", info))
+
+
+def read_metrics(folder: str | os.PathLike) -> tuple[dict[str, int | float], str]:
+    """A checkpoint's numeric metrics and where they were read: `metrics.json`, else (a folder
+    fetched without it) the card's `## Metrics` table that `model_card` writes; ({}, "") if neither."""
+    folder = Path(folder)
+    try:
+        metrics = json.loads((folder / METRICS_NAME).read_text("utf-8"))
+    except (OSError, ValueError):
+        metrics = None
+    if isinstance(metrics, dict):
+        numeric = {
+            k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        if numeric:
+            return numeric, METRICS_NAME
+    try:
+        card = (folder / CARD_NAME).read_text("utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}, ""
+    rows: dict[str, int | float] = {}
+    section = False
+    for line in card:
+        if line.startswith("## "):
+            section = line.strip() == "## Metrics"
+        elif section and line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 2 and cells[0] != "metric":
+                try:
+                    rows[cells[0]] = int(cells[1]) if cells[1].lstrip("-").isdigit() else float(cells[1])
+                except ValueError:
+                    continue  # the |---|---| rule
+    return rows, ("model card" if rows else "")

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cocoattr.data.captions import lemma
 from cocoattr.errors import UserError
-from cocoattr.vocab import Vocabulary, load_vocabulary
+from cocoattr.vocab import Vocabulary, lemma, load_vocabulary
 
 MIN_WEIGHT, MAX_WEIGHT = 0.1, 10.0
 MAX_QUERY_CHARS = 500  # longer text is cut (MiniLM sees at most 128 tokens anyway)
@@ -208,6 +207,55 @@ class _Nearest:
         return (), "unknown", []
 
 
+def _add(terms: dict[tuple[str, bool], float], names: tuple[str, ...], weight: float, negate: bool) -> None:
+    share = weight / len(names)  # a synonym of k attributes: geometric mean of their probabilities
+    for n in names:
+        terms[(n, negate)] = max(terms.get((n, negate), 0.0), share)
+
+
+def _phrase_at(tokens: list[_Token], i: int, table: dict) -> tuple[int, str, tuple[str, ...], str] | None:
+    """The longest known phrase starting at token i: (its length, text, attributes, how), or None."""
+    for n in range(min(MAX_PHRASE_WORDS, len(tokens) - i), 0, -1):
+        group = tokens[i : i + n]
+        # a phrase may be negated on its first word and weighted on its last only
+        if any(t.negate for t in group[1:]) or any(t.weight is not None for t in group[:-1]):
+            continue
+        phrase = " ".join(t.word for t in group)
+        hit = table.get(phrase)
+        if hit is None and n == 1:
+            hit = table.get(lemma(phrase))
+        if hit is not None:
+            return n, phrase, hit[0], hit[1]
+    return None
+
+
+def _read_chunk(tokens: list[_Token], table: dict, nearest: _Nearest, free: bool,
+                terms: dict[tuple[str, bool], float], mappings: list[Mapping]) -> None:  # fmt: skip
+    """Map one comma-separated chunk's tokens to terms (longest known phrase first), recording how."""
+    i = 0
+    while i < len(tokens):
+        found = _phrase_at(tokens, i, table)
+        if found is not None:
+            n, phrase, names, how = found
+            _add(terms, names, tokens[i + n - 1].weight or 1.0, tokens[i].negate)
+            mappings.append(Mapping(phrase, names, how))
+            i += n
+            continue
+        tok = tokens[i]
+        i += 1
+        if tok.word in STOPWORDS or not re.search(r"[a-z0-9]", tok.word):
+            continue
+        if free:
+            mappings.append(Mapping(tok.word, (), "free text"))
+            continue
+        names, how, ranked = nearest(tok.word)
+        if names:
+            _add(terms, names, tok.weight or 1.0, tok.negate)
+        elif ranked:
+            how = "unknown; closest: " + ", ".join(f"{n} {s:.2f}" for n, s in ranked)
+        mappings.append(Mapping(tok.word, names, how))
+
+
 def parse_query(
     text: str,
     vocab: Vocabulary | None = None,
@@ -244,48 +292,8 @@ def parse_query(
     nearest = _Nearest(vocab, allowed, table, attribute_embeddings, use_encoder)
     terms: dict[tuple[str, bool], float] = {}
     mappings: list[Mapping] = []
-
-    def add(names: tuple[str, ...], weight: float, negate: bool) -> None:
-        share = weight / len(names)  # a synonym of k attributes: geometric mean of their probabilities
-        for n in names:
-            terms[(n, negate)] = max(terms.get((n, negate), 0.0), share)
-
     for tokens in tokens_per_chunk:
-        i = 0
-        while i < len(tokens):
-            matched = False
-            for n in range(min(MAX_PHRASE_WORDS, len(tokens) - i), 0, -1):
-                group = tokens[i : i + n]
-                # a phrase may be negated on its first word and weighted on its last only
-                if any(t.negate for t in group[1:]) or any(t.weight is not None for t in group[:-1]):
-                    continue
-                phrase = " ".join(t.word for t in group)
-                hit = table.get(phrase)
-                if hit is None and n == 1:
-                    hit = table.get(lemma(phrase))
-                if hit is None:
-                    continue
-                names, how = hit
-                add(names, group[-1].weight or 1.0, group[0].negate)
-                mappings.append(Mapping(phrase, names, how))
-                i += n
-                matched = True
-                break
-            if matched:
-                continue
-            tok = tokens[i]
-            i += 1
-            if tok.word in STOPWORDS or not re.search(r"[a-z0-9]", tok.word):
-                continue
-            if free:
-                mappings.append(Mapping(tok.word, (), "free text"))
-                continue
-            names, how, ranked = nearest(tok.word)
-            if names:
-                add(names, tok.weight or 1.0, tok.negate)
-            elif ranked:
-                how = "unknown; closest: " + ", ".join(f"{n} {s:.2f}" for n, s in ranked)
-            mappings.append(Mapping(tok.word, names, how))
+        _read_chunk(tokens, table, nearest, free, terms, mappings)
 
     both = sorted({n for n, neg in terms if not neg} & {n for n, neg in terms if neg})
     if both:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import time
@@ -179,3 +180,34 @@ def app_artifacts() -> Path:
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from test servers
 # ============================================================================ end of app fixtures
+
+
+# ============================================================================ index fixtures
+# Used by tests/test_index.py, tests/test_search.py and tests/test_cli.py: a small real index
+# built through `cocoattr index build` with the embedded default, once per session.
+
+
+@pytest.fixture(scope="session")
+def real_index(tmp_path_factory: pytest.TempPathFactory, default_checkpoint: Path) -> tuple[Path, Path]:
+    """A few gallery photos plus one broken file, indexed through the CLI with the default checkpoint."""
+    from cocoattr.cli import main
+
+    root = tmp_path_factory.mktemp("real") / "photos"
+    root.mkdir()
+    for name in (
+        "gradio_lion.jpg",
+        "skimage_coffee.jpg",
+        "foolbox_imagenet_06_609_jeep.jpg",
+        "sklearn_flower.jpg",
+    ):
+        shutil.copy(APP_GALLERY / name, root / name)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = root.parent / "index.npz"
+    code = main(
+        ["index", "build", "--images", str(root), "--checkpoint", str(default_checkpoint), "--out", str(out)]
+    )
+    assert code == 1  # one unreadable image: reported, skipped, index still written
+    return root, out
+
+
+# ============================================================================ end of index fixtures

@@ -143,7 +143,7 @@ def test_about_names_the_zero_shot_default(app_predictor, app_server) -> None:
     import app
     from cocoattr.index import Index
 
-    text = app._about(app_predictor, Index.load(app_server.index_file))
+    text = app.about_text(app_predictor, Index.load(app_server.index_file))
     assert f"{app_predictor.model.kind} model" in text
     assert f"{len(app_predictor.attributes)} attributes in 8 types" in text and "36 images" in text
     if app_predictor.model.kind == "zero-shot":

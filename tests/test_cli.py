@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cocoattr.cli import main
 from cocoattr.data.gallery import gallery_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,10 +62,34 @@ def test_unknown_checkpoint_is_one_line_error():
 
 def test_download_help_lists_every_resource(capsys):
     from cocoattr.cli import build_parser
-    from cocoattr.data.download import RESOURCES
+    from cocoattr.data.resources import RESOURCES
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["data", "download", "--help"])
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps long help lines
     for name in RESOURCES:
         assert name in shown
+
+
+# ----------------------------------------------------------------------------- search (tests/conftest.py real_index)
+
+
+def test_cli_search_json(real_index, capsys):
+    root, out = real_index
+    capsys.readouterr()
+    assert main(["search", "--index", str(out), "--json", "--top-k", "3", "furry", "animal"]) == 0
+    captured = capsys.readouterr()
+    hits = json.loads(captured.out)
+    assert len(hits) == 3 and all(set(h) == {"image", "score", "attributes"} for h in hits)
+    assert hits[0]["image"] == str(root / "gradio_lion.jpg")
+    assert set(hits[0]["attributes"]) == {"furry", "animal"}
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert "query: furry animal" in captured.err
+    assert main(["search", "--index", str(out), "--top-k", "2", "vehicle"]) == 0
+    assert "jeep" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_cli_search_unknown_query_is_a_clean_error(real_index, capsys):
+    _, out = real_index
+    assert main(["search", "--index", str(out), "xqzzkv"]) == 2
+    assert "nothing in the query matches" in capsys.readouterr().err

@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import socket
 import stat
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from cocoattr.cli import main as cli_main
 from cocoattr.data import download as dl
+from cocoattr.data import resources
 from cocoattr.errors import UserError
 
 CAPTIONS_VAL2017 = {
@@ -121,18 +123,18 @@ def fast_retries(monkeypatch):
 @pytest.fixture
 def tiny_registry(monkeypatch):
     """coco-captions pointing at the tiny zip (its md5), since the real entry knows real checksums."""
-    entry = dl.Resource(
+    entry = resources.Resource(
         "coco-captions",
         "test",
-        (dl.RemoteFile(dl.COCO_BASE, "annotations/annotations_trainval2017.zip", md5=ZIP_MD5),),
+        (resources.RemoteFile(resources.COCO_BASE, "annotations/annotations_trainval2017.zip", md5=ZIP_MD5),),
         "coco",
         ("coco/annotations/captions_val2017.json",),
     )
-    monkeypatch.setitem(dl.RESOURCES, "coco-captions", entry)
+    monkeypatch.setitem(resources.RESOURCES, "coco-captions", entry)
 
 
 def test_registry_lists_the_resources_with_known_sizes():
-    assert set(dl.RESOURCES) == {
+    assert set(resources.RESOURCES) == {
         "coco-captions",
         "coco-instances",
         "coco-images-val",
@@ -142,15 +144,19 @@ def test_registry_lists_the_resources_with_known_sizes():
         "coco-attributes",
     }
     assert (
-        dl.RESOURCES["coco-images-val2014"].files[0].url() == "http://images.cocodataset.org/zips/val2014.zip"
+        resources.RESOURCES["coco-images-val2014"].files[0].url()
+        == "http://images.cocodataset.org/zips/val2014.zip"
     )
-    sizes = {f.filename: f.size for r in dl.RESOURCES.values() for f in r.files}
+    sizes = {f.filename: f.size for r in resources.RESOURCES.values() for f in r.files}
     assert sizes["annotations_trainval2017.zip"] == 252907541
     assert sizes["val2017.zip"] == 815585330
     assert sizes["train2017.zip"] == 19336861798
-    assert dl.RESOURCES["coco-images-val"].files[0].url() == "http://images.cocodataset.org/zips/val2017.zip"
     assert (
-        dl.RESOURCES["coco-captions"].files[1].url("http://127.0.0.1:9/mirror/")
+        resources.RESOURCES["coco-images-val"].files[0].url()
+        == "http://images.cocodataset.org/zips/val2017.zip"
+    )
+    assert (
+        resources.RESOURCES["coco-captions"].files[1].url("http://127.0.0.1:9/mirror/")
         == "http://127.0.0.1:9/mirror/annotations/annotations_trainval2017.zip"
     )
 
@@ -253,11 +259,21 @@ def test_unknown_resource_and_bad_base_url(tmp_path):
         dl.download("coco-attributes", tmp_path, base_url="127.0.0.1:8000")
 
 
-def test_run_download_fetches_a_plain_file(mirror, tmp_path, capsys, monkeypatch):
-    blob = b"not really a pickle"
+def test_cli_download_fetches_a_plain_file(mirror, tmp_path, capsys, monkeypatch):
+    # A small real pickle (the download checks the header and STOP opcode) under an entry without
+    # the real file's recorded size and sha256.
+    blob = pickle.dumps({"ann_vecs": {}, "split": {}}, protocol=4)
+    entry = resources.Resource(
+        "coco-attributes",
+        "test",
+        (resources.RemoteFile(resources.COCOTTRIBUTES_BASE, "data/cocottributes_eccv_version.pkl"),),
+        None,
+        ("cocottributes/cocottributes_eccv_version.pkl",),
+    )
+    monkeypatch.setitem(resources.RESOURCES, "coco-attributes", entry)
     mirror.files["/data/cocottributes_eccv_version.pkl"] = blob
-    args = SimpleNamespace(names=["coco-attributes"], root=str(tmp_path), base_url=mirror.url)
-    assert dl.run_download(args) == 0
+    argv = ["data", "download", "coco-attributes", "--root", str(tmp_path), "--base-url", mirror.url]
+    assert cli_main(argv) == 0
     path = tmp_path / "cocottributes" / "cocottributes_eccv_version.pkl"
     assert path.read_bytes() == blob
     assert f"coco-attributes: ready at {path}" in capsys.readouterr().out

@@ -255,3 +255,21 @@ def test_push_then_download(hub, tmp_path, checkpoint):
     assert set(hub.repos["user/pushed"]) == shipped  # and nothing else from the folder (no recipe.txt)
     proc = run_cli(["predict", "--checkpoint", "user/pushed", "--json", str(IMAGE)], hub.url, tmp_path / "hf")
     predict_json(proc)
+
+
+def test_read_metrics_prefers_metrics_json_then_the_card(tmp_path):
+    from cocoattr.hub import METRICS_NAME, model_card, read_metrics
+
+    metrics = {"gallery_mAP": 0.5223, "gallery_images": 36, "note": "text is skipped", "flag": True}
+    config = {"backbone": "mobilenet_v2", "attributes": ["red", "cat"], "attribute_types": ["color", "category"],
+              "image_size": 288, "heads": 8, "dim": 512, "embed_dim": 384}  # fmt: skip
+    both, card_only, neither = tmp_path / "both", tmp_path / "card", tmp_path / "neither"
+    for folder in (both, card_only, neither):
+        folder.mkdir()
+    for folder in (both, card_only):
+        (folder / CARD_NAME).write_text(model_card(config, metrics), "utf-8")
+    (both / METRICS_NAME).write_text(json.dumps(metrics), "utf-8")
+    numeric = {"gallery_mAP": 0.5223, "gallery_images": 36}
+    assert read_metrics(both) == (numeric, "metrics.json")
+    assert read_metrics(card_only) == (numeric, "model card")  # a Hub download has no metrics.json
+    assert read_metrics(neither) == ({}, "")

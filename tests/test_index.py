@@ -1,9 +1,9 @@
-"""The search index: incremental, crash-safe builds; safe loading; backends; search and its CLI."""
+"""The search index: incremental, crash-safe builds; safe loading; where a server's index lives and
+when it is rebuilt (`open_or_build`). Searching it is tests/test_search.py."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 
 import cocoattr.index as ix
-from cocoattr.cli import main
 from cocoattr.errors import UserError
-from cocoattr.index import Index, build_index, make_backend, safe_relative, search
+from cocoattr.index import Index, build_index, default_index_path, open_or_build, safe_relative
 from cocoattr.predictor import Prediction
 
-GALLERY_IMAGES = Path(__file__).resolve().parent.parent / "cocoattr" / "gallery" / "images"
 ATTRS = ["red", "furry", "indoor", "animal"]
 DIM = 8
 
@@ -166,109 +164,64 @@ def test_index_never_unpickles(tmp_path):
         Index.load(out)
 
 
-def test_numpy_and_faiss_give_the_same_top_k():
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(2000, 32)).astype(np.float32)
-    a, b = make_backend(emb, "numpy"), make_backend(emb, "faiss")
-    assert (a.name, b.name) == ("numpy", "faiss")
-    for q in rng.normal(size=(20, 32)).astype(np.float32):
-        ia, sa = a.top_k(q, 10)
-        ib, sb = b.top_k(q, 10)
-        np.testing.assert_array_equal(ia, ib)
-        np.testing.assert_allclose(sa, sb, atol=1e-5)
-    assert len(a.top_k(q, 5000)[0]) == 2000 == len(b.top_k(q, 5000)[0])
+# ----------------------------------------------------------------------------- open_or_build
 
 
-def _toy_index(n: int = 6) -> Index:
-    rng = np.random.default_rng(1)
-    probs = np.array([[0.9, 0.9, 0.1, 0.9], [0.9, 0.1, 0.1, 0.9], [0.1, 0.9, 0.9, 0.9],
-                      [0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.95, 0.9]])[:n]  # fmt: skip
-    return Index(
-        root_spec="/photos", paths=[f"{i}.jpg" for i in range(n)], sizes=np.zeros(n, np.int64),
-        mtimes=np.zeros(n, np.int64), probs=probs.astype(np.float16),
-        embeddings=rng.normal(size=(n, DIM)).astype(np.float32), attributes=list(ATTRS),
-        checkpoint={"sha256": "x", "source": "x"},
-    )  # fmt: skip
+def test_open_or_build_builds_a_missing_index_then_loads_it_as_is(tmp_path, folder):
+    out, said = tmp_path / "served.npz", []
+    pred = FakePredictor(tmp_path / "c")
+    index = open_or_build(pred, folder, out, say=said.append)
+    assert len(index) == 4 and out.is_file() and sorted(pred.calls) == ["a.jpg", "b.jpg", "c.png", "d.jpg"]
+    assert len(said) == 1 and said[0].startswith(f"no index at {out}")
+    pred.calls.clear()
+    before = out.stat().st_mtime_ns
+    (folder / "new.jpg").write_bytes(b"image new")  # an up-to-date index is not rescanned (read-only disks)
+    again = open_or_build(pred, folder, out, say=said.append)
+    assert pred.calls == [] and len(said) == 1 and out.stat().st_mtime_ns == before
+    assert again.paths == index.paths
 
 
-def test_search_ranks_by_all_terms(monkeypatch):
-    index = _toy_index()
-    hits = search(index, "red, furry, -indoor", k=3, use_encoder=False)
-    assert [h.image for h in hits] == ["0.jpg", "3.jpg", "1.jpg"]
-    assert hits[0].attributes == {"red": pytest.approx(0.9, abs=1e-3), "furry": pytest.approx(0.9, abs=1e-3),
-                                  "-indoor": pytest.approx(0.9, abs=1e-3)}  # fmt: skip
-    assert hits[0].score > hits[1].score > hits[2].score
-    assert [h.image for h in search(index, "-red, -furry", k=1, use_encoder=False)] == ["4.jpg"]
-    # same attribute results whichever backend is asked for
-    monkeypatch.setattr(ix, "FAISS_MIN_ITEMS", 2)
-    assert index.backend("auto").name == "faiss"
-    assert [h.image for h in search(index, "red, furry, -indoor", k=3, backend="faiss", use_encoder=False)] == [
-        "0.jpg", "3.jpg", "1.jpg"
-    ]  # fmt: skip
+def test_open_or_build_rebuilds_for_another_checkpoint_or_an_interrupted_build(tmp_path, folder):
+    out, said = tmp_path / "served.npz", []
+    open_or_build(FakePredictor(tmp_path / "v1"), folder, out, say=said.append)
+    other = FakePredictor(tmp_path / "v2", weights=b"weights-v2")
+    index = open_or_build(other, folder, out, say=said.append)
+    assert "stale (the checkpoint changed)" in said[-1] and len(other.calls) == 4
+    assert index.checkpoint["sha256"] == hashlib.sha256(b"weights-v2").hexdigest()
+    out.unlink()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build_index(folder, out, FakePredictor(tmp_path / "v2", fail_after=2), save_every=1, progress=False)
+    resumed = FakePredictor(tmp_path / "v2")
+    index = open_or_build(resumed, folder, out, say=said.append)
+    assert "stale (an interrupted build)" in said[-1] and len(resumed.calls) == 2 and index.complete
+
+
+def test_open_or_build_refuses_an_index_of_another_folder_by_rebuilding(tmp_path, folder):
+    out, said = tmp_path / "served.npz", []
+    open_or_build(FakePredictor(tmp_path / "c"), folder, out, say=said.append)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder, elsewhere)
+    index = open_or_build(FakePredictor(tmp_path / "c"), elsewhere, out, say=said.append)
+    assert "the indexed folder changed" in said[-1] and index.root_spec == str(elsewhere.resolve())
+
+
+def test_default_index_path_is_one_file_per_image_set(tmp_path):
+    assert default_index_path("gallery") == ix.GALLERY_INDEX
+    a, b = (
+        default_index_path(str(tmp_path / "x" / "photos")),
+        default_index_path(str(tmp_path / "y" / "photos")),
+    )
+    assert a.parent == b.parent == ix.INDEX_DIR and a != b
+    assert a.name.startswith("index-photos-") and a.suffix == ".npz"
 
 
 # ----------------------------------------------------------------------------- with the real default model
 
 
-@pytest.fixture(scope="module")
-def checkpoint(default_checkpoint) -> Path:
-    return default_checkpoint
-
-
-@pytest.fixture(scope="module")
-def real_index(tmp_path_factory, checkpoint) -> tuple[Path, Path]:
-    """A few gallery photos plus one broken file, indexed through the CLI with the default checkpoint."""
-    root = tmp_path_factory.mktemp("real") / "photos"
-    root.mkdir()
-    for name in (
-        "gradio_lion.jpg",
-        "skimage_coffee.jpg",
-        "foolbox_imagenet_06_609_jeep.jpg",
-        "sklearn_flower.jpg",
-    ):
-        shutil.copy(GALLERY_IMAGES / name, root / name)
-    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    out = root.parent / "index.npz"
-    code = main(["index", "build", "--images", str(root), "--checkpoint", str(checkpoint), "--out", str(out)])
-    assert code == 1  # one unreadable image: reported, skipped, index still written
-    return root, out
-
-
-def test_cli_search_json(real_index, capsys):
-    root, out = real_index
-    capsys.readouterr()
-    assert main(["search", "--index", str(out), "--json", "--top-k", "3", "furry", "animal"]) == 0
-    captured = capsys.readouterr()
-    hits = json.loads(captured.out)
-    assert len(hits) == 3 and all(set(h) == {"image", "score", "attributes"} for h in hits)
-    assert hits[0]["image"] == str(root / "gradio_lion.jpg")
-    assert set(hits[0]["attributes"]) == {"furry", "animal"}
-    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    assert "query: furry animal" in captured.err
-    assert main(["search", "--index", str(out), "--top-k", "2", "vehicle"]) == 0
-    assert "jeep" in capsys.readouterr().out.splitlines()[0]
-
-
-def test_cli_search_unknown_query_is_a_clean_error(real_index, capsys):
-    _, out = real_index
-    assert main(["search", "--index", str(out), "xqzzkv"]) == 2
-    assert "nothing in the query matches" in capsys.readouterr().err
-
-
-def test_query_by_image_and_free_text(real_index):
-    root, out = real_index
-    index = Index.load(out)
-    assert index.attribute_text is not None and index.text_proj is not None
-    hits = ix.search_by_image(index, root / "skimage_coffee.jpg", k=2)
-    assert hits[0].image == "skimage_coffee.jpg" and hits[0].score == pytest.approx(1.0, abs=1e-3)
-    hits = search(index, "a lion resting in the grass", k=4)
-    assert hits[0].text_similarity is not None and len(hits) == 4
-
-
-def test_real_rebuild_is_incremental(real_index, tmp_path, checkpoint):
+def test_real_rebuild_is_incremental(real_index, tmp_path, default_checkpoint):
     root, out = real_index
     copy = tmp_path / "index.npz"
     shutil.copy(out, copy)
     os.utime(root / "sklearn_flower.jpg", ns=(1, 1))  # mtime changed: recompute just that one
-    report = build_index(root, copy, checkpoint=checkpoint, progress=False, on_error=lambda *a: None)
+    report = build_index(root, copy, checkpoint=default_checkpoint, progress=False, on_error=lambda *a: None)
     assert sorted(report.computed) == ["sklearn_flower.jpg"] and report.reused == 3

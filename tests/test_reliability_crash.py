@@ -196,8 +196,9 @@ class SlowMirror:
 _CLI_WITH_TEST_REGISTRY = """
 import sys
 from cocoattr.data import download as dl
-dl.RESOURCES["coco-captions"] = dl.Resource(
-    "coco-captions", "test", (dl.RemoteFile(dl.COCO_BASE, "annotations/annotations_trainval2017.zip",
+from cocoattr.data import resources
+resources.RESOURCES["coco-captions"] = resources.Resource(
+    "coco-captions", "test", (resources.RemoteFile(resources.COCO_BASE, "annotations/annotations_trainval2017.zip",
     size={size}, md5="{md5}"),), "coco", ("coco/annotations/captions_val2017.json",))
 from cocoattr.cli import main
 sys.exit(main(sys.argv[1:]))

@@ -2,10 +2,16 @@
 
 Downloads are large (train2017.zip is 19 GB) and networks drop, so every file is fetched into
 `NAME.part`, resumed with an HTTP Range request on the next attempt (a server that ignores
-Range makes us start over), verified against a known size / md5 where we know one (otherwise
-against the server's Content-Length), and only then renamed into place, with a `NAME.sha256`
-sidecar so later runs and other machines can check the file. Zips are extracted defensively
-(no absolute paths, `..`, symlinks or zip bombs) into a temporary folder first.
+Range makes us start over; one that resumes at another offset is refused), and a read that
+stalls for `COCOATTR_DOWNLOAD_TIMEOUT` seconds (default 30) counts as a dropped connection: the
+bytes received so far stay in the `.part`. A file is kept only when it passes every check:
+its size (the recorded one, else the server's Content-Length / Content-Range total), its
+recorded md5 / sha256, and a content check by type (`cocoattr.data.verify`: zip structure,
+pickle header and STOP opcode, JSON, no HTML error page). Only then is it renamed into place
+and given a `NAME.sha256` sidecar, so later runs and other machines can check the file. A failed
+check removes the file (a possible prefix of the real one stays as `.part` to resume), and the
+error names the URL and what was wrong. Zips are extracted defensively (no absolute paths,
+`..`, symlinks or zip bombs) into a temporary folder first.
 
 Layout under `root`: `downloads/` holds the archives, `coco/` the extracted COCO tree
 (`coco/annotations/captions_train2017.json`, `coco/val2017/000000000139.jpg`, ...),
@@ -14,134 +20,32 @@ Layout under `root`: `downloads/` holds the archives, `coco/` the extracted COCO
 A mirror (or a test server) is used by passing `base_url` / `--base-url` or setting
 `COCOATTR_DATA_BASE_URL`: it replaces the scheme+host+path prefix of every resource, so the
 mirror must serve the same relative paths (`annotations/annotations_trainval2017.zip`,
-`zips/val2017.zip`, `data/cocottributes_eccv_version.pkl`).
+`zips/val2017.zip`, `data/cocottributes_eccv_version.pkl`) and the same files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
-import shutil
-import stat
+import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from collections.abc import Sequence
+from pathlib import Path
 
+from cocoattr.atomic import atomic_write_text
+from cocoattr.data import verify
+from cocoattr.data.resources import RESOURCES, Resource
+from cocoattr.data.verify import safe_extract
 from cocoattr.errors import UserError
 
 BASE_URL_ENV = "COCOATTR_DATA_BASE_URL"
-COCO_BASE = "http://images.cocodataset.org/"
-# The GitHub copy is the one the authors keep current ("pickled for Python 3", stored with git
-# LFS; /raw/ redirects to media.githubusercontent.com). The official page
-# http://cs.brown.edu/~gmpatter/cocottributes.html links a Python 2 pickle of the same data;
-# the loader reads both.
-COCOTTRIBUTES_BASE = "https://github.com/genp/cocottributes/raw/master/"
-
+TIMEOUT_ENV = "COCOATTR_DOWNLOAD_TIMEOUT"
 CHUNK = 1 << 20
-TIMEOUT_S = 60
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file on a server. size/md5 are recorded only where several sources agree."""
-
-    base: str
-    path: str  # relative to base; kept when a mirror replaces the base
-    size: int | None = None
-    md5: str | None = None
-
-    @property
-    def filename(self) -> str:
-        return PurePosixPath(self.path).name
-
-    def url(self, base_url: str | None = None) -> str:
-        return (base_url or self.base).rstrip("/") + "/" + self.path
-
-
-@dataclass(frozen=True)
-class Resource:
-    """A named thing a user asks for; `extract_to` is None for files used as they are."""
-
-    name: str
-    description: str
-    files: tuple[RemoteFile, ...]
-    extract_to: str | None
-    provides: tuple[str, ...]  # paths (relative to root) a user will look for afterwards
-
-
-_ANN_2014 = RemoteFile(
-    COCO_BASE, "annotations/annotations_trainval2014.zip", md5="0a379cfc70b0e71301e0f377548639bd"
-)
-_ANN_2017 = RemoteFile(
-    COCO_BASE, "annotations/annotations_trainval2017.zip", 252907541, "f4bbac642086de4f52a3fdda2de5fa2c"
-)
-_VAL_2017 = RemoteFile(COCO_BASE, "zips/val2017.zip", 815585330, "442b8da7639aecaf257c1dceb8ba8c80")
-_TRAIN_2017 = RemoteFile(COCO_BASE, "zips/train2017.zip", 19336861798, "cced6f7f71b7629ddf16f17bbcfab6b2")
-# 2014 image zips: COCO Attributes patches name 2014 files. Sizes unrecorded: checked
-# against Content-Length, then a sha256 sidecar is written.
-_VAL_2014 = RemoteFile(COCO_BASE, "zips/val2014.zip")
-_TRAIN_2014 = RemoteFile(COCO_BASE, "zips/train2014.zip")
-_COCOTTRIBUTES = RemoteFile(COCOTTRIBUTES_BASE, "data/cocottributes_eccv_version.pkl")
-
-_COCO_SPLITS = ("train2014", "val2014", "train2017", "val2017")
-
-RESOURCES: dict[str, Resource] = {
-    r.name: r
-    for r in (
-        Resource(
-            "coco-captions",
-            "COCO captions 2014+2017 (annotations_trainval*.zip, ~500 MB)",
-            (_ANN_2014, _ANN_2017),
-            "coco",
-            tuple(f"coco/annotations/captions_{s}.json" for s in _COCO_SPLITS),
-        ),
-        Resource(
-            "coco-instances",
-            "COCO object boxes 2014+2017 (same zips as coco-captions)",
-            (_ANN_2014, _ANN_2017),
-            "coco",
-            tuple(f"coco/annotations/instances_{s}.json" for s in _COCO_SPLITS),
-        ),
-        Resource(
-            "coco-images-val", "COCO val2017 images (5k, 816 MB)", (_VAL_2017,), "coco", ("coco/val2017",)
-        ),
-        Resource(
-            "coco-images-train",
-            "COCO train2017 images (118k, 19 GB)",
-            (_TRAIN_2017,),
-            "coco",
-            ("coco/train2017",),
-        ),
-        Resource(
-            "coco-images-val2014",
-            "COCO val2014 images (40k, 6.6 GB)",
-            (_VAL_2014,),
-            "coco",
-            ("coco/val2014",),
-        ),
-        Resource(
-            "coco-images-train2014",
-            "COCO train2014 images (83k, 13.5 GB)",
-            (_TRAIN_2014,),
-            "coco",
-            ("coco/train2014",),
-        ),
-        Resource(
-            "coco-attributes",
-            "COCO Attributes (cocottributes_eccv_version.pkl, needs the 2014 instances and images)",
-            (_COCOTTRIBUTES,),
-            None,
-            ("cocottributes/cocottributes_eccv_version.pkl",),
-        ),
-    )
-}
+DEFAULT_TIMEOUT_S = 30.0  # a read that waits this long for the next byte is a dropped connection
 
 
 def resolve_base_url(base_url: str | None) -> str | None:
@@ -155,33 +59,80 @@ def resolve_base_url(base_url: str | None) -> str | None:
     return value
 
 
+def download_timeout() -> float:
+    """Seconds a read may wait for the next byte: `COCOATTR_DOWNLOAD_TIMEOUT`, else 30."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise UserError(f"{TIMEOUT_ENV}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def _resource(name: str) -> Resource:
+    try:
+        return RESOURCES[name]
+    except KeyError:
+        raise UserError(f"unknown data resource {name!r}; choose from {', '.join(RESOURCES)}") from None
+
+
+def _check_root(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--root {root} is a file, not a folder; give the folder to download into")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--root {root}: cannot create the folder ({e.strerror or e})") from None
+
+
 def download(name: str, root: Path, base_url: str | None = None, *, retries: int = 3) -> Path:
     """Fetch (and extract) resource `name` under `root`; returns the folder or file it provides.
 
     Already complete files and extractions are skipped, so it is cheap to call again.
     """
-    try:
-        resource = RESOURCES[name]
-    except KeyError:
-        raise UserError(f"unknown data resource {name!r}; choose from {', '.join(RESOURCES)}") from None
+    resource = _resource(name)
     root = Path(root)
     base = resolve_base_url(base_url)
+    download_timeout()  # a bad COCOATTR_DOWNLOAD_TIMEOUT fails before any network work
+    _check_root(root)
     if resource.extract_to is None:
         target_dir = root / Path(resource.provides[0]).parent
         for f in resource.files:
-            fetch(f.url(base), target_dir / f.filename, size=f.size, md5=f.md5, retries=retries)
+            fetch(
+                f.url(base), target_dir / f.filename, size=f.size, md5=f.md5, sha256=f.sha256, retries=retries
+            )
         return root / resource.provides[0]
     for f in resource.files:
-        archive = fetch(f.url(base), root / "downloads" / f.filename, size=f.size, md5=f.md5, retries=retries)
+        archive = fetch(
+            f.url(base),
+            root / "downloads" / f.filename,
+            size=f.size,
+            md5=f.md5,
+            sha256=f.sha256,
+            retries=retries,
+        )
         safe_extract(archive, root / resource.extract_to)
     return root / resource.extract_to
 
 
-def run_download(args) -> int:
-    """CLI entry: `python -m cocoattr data download NAME... --root DIR [--base-url URL]`."""
-    root = Path(args.root)
-    for name in args.names:
-        path = download(name, root, getattr(args, "base_url", None))
+def download_all(names: Sequence[str], root: Path, base_url: str | None = None) -> int:
+    """Download every resource in `names` under `root`, printing where each is ready; returns 0.
+
+    All arguments are checked before the first request: an unknown name, a bad base URL or
+    timeout, or a `root` that is a file raise UserError (exit 2) with nothing fetched.
+    """
+    for name in names:
+        _resource(name)
+    base = resolve_base_url(base_url)
+    download_timeout()
+    root = Path(root)
+    _check_root(root)
+    for name in names:
+        path = download(name, root, base)
         print(f"{name}: ready at {path}")
     return 0
 
@@ -195,19 +146,33 @@ def fetch(
     *,
     size: int | None = None,
     md5: str | None = None,
+    sha256: str | None = None,
     retries: int = 3,
     progress: bool = True,
 ) -> Path:
-    """Download `url` to `dest` atomically, resuming `dest.part`; verify and write `dest.sha256`."""
+    """Download `url` to `dest`, resuming `dest.part`; verify it, then write `dest.sha256`.
+
+    Returns at once when `dest` is there and looks complete (`_is_complete`). A transfer that
+    stops early (dropped, stalled, cut short) is retried `retries` times, each resuming from the
+    bytes kept in `dest.part`; anything that fails verification is a UserError naming `url`.
+    """
     dest = Path(dest)
-    if _is_complete(dest, size):
+    timeout = download_timeout()
+    if _is_complete(dest, size, sha256):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder {dest.parent}: {e.strerror or e}") from None
+    if dest.exists() and not dest.is_file():
+        raise UserError(f"{dest} exists and is not a file; move it away and run the command again")
+    _sidecar(dest).unlink(missing_ok=True)  # whatever is at dest is no longer vouched for
     part = dest.with_name(dest.name + ".part")
     attempt = 0
     while True:
         try:
-            expected = _stream(url, part, size, progress)
+            total = _stream(url, part, size, progress, timeout)
+            _check_content(url, part, resumable=total is None)
             break
         except _Interrupted as e:
             attempt += 1
@@ -217,7 +182,7 @@ def fetch(
                     f"bytes ({e}); run the same command again to resume from {part}"
                 ) from None
             time.sleep(min(2.0**attempt, 30.0) if not _fast_retries() else 0.0)
-    _verify_and_commit(url, part, dest, expected, md5)
+    _verify_and_commit(url, part, dest, total, md5, sha256)
     return dest
 
 
@@ -229,28 +194,50 @@ def _fast_retries() -> bool:
     return os.environ.get("COCOATTR_FAST_RETRY") == "1"
 
 
-def _is_complete(dest: Path, size: int | None) -> bool:
+def _umask() -> int:
+    mask = os.umask(0o022)  # only readable by setting it; set straight back
+    os.umask(mask)
+    return mask
+
+
+def _is_complete(dest: Path, size: int | None, sha256: str | None) -> bool:
+    """`dest` is there and nothing cheap says it is wrong (re-hashing it is `verify_sidecar`).
+
+    Without a recorded size only a sidecar vouches for a file; a sidecar naming another sha256
+    than the recorded one, or a file that fails `verify.quick_check` (an HTML page or a cut-short
+    pickle kept by an older version), is fetched again.
+    """
     if not dest.is_file():
         return False
-    if size is not None:
-        return dest.stat().st_size == size
-    return _sidecar(dest).is_file()
+    if size is not None and dest.stat().st_size != size:
+        return False
+    sidecar = _sidecar(dest)
+    if size is None and not sidecar.is_file():
+        return False
+    if sha256 is not None and sidecar.is_file() and _recorded_sha256(sidecar) != sha256.lower():
+        return False
+    return verify.quick_check(dest) is None
 
 
 def _sidecar(dest: Path) -> Path:
     return dest.with_name(dest.name + ".sha256")
 
 
+def _recorded_sha256(sidecar: Path) -> str | None:
+    words = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    return words[0].lower() if words else None
+
+
 def _host(url: str) -> str:
     return urllib.parse.urlsplit(url).hostname or url
 
 
-def _open(url: str, start: int):
+def _open(url: str, start: int, timeout: float):
     request = urllib.request.Request(url, headers={"User-Agent": "cocoattr-data/1"})
     if start:
         request.add_header("Range", f"bytes={start}-")
     try:
-        return urllib.request.urlopen(request, timeout=TIMEOUT_S)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416:
             return e  # handled by the caller: the .part may already be complete
@@ -259,74 +246,123 @@ def _open(url: str, start: int):
         ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            raise _Interrupted(f"no answer for {timeout:g} s") from None
         raise UserError(
             f"could not reach {_host(url)}: {reason} — check your connection or pass --base-url "
             f"(or set {BASE_URL_ENV}) to use a mirror"
         ) from None
 
 
-def _total_from(response, start: int) -> int | None:
-    """Full file size from Content-Range (206) or Content-Length (200), if the server says."""
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+
+def _content_length(response) -> int | None:
+    length = (response.headers.get("Content-Length") or "").strip()
+    return int(length) if length.isdigit() else None
+
+
+def _resumed_range(response, part: Path, start: int) -> tuple[int, int | None]:
+    """(end, total) of a 206 answer to `Range: bytes=start-`; anything else restarts from zero.
+
+    `end` is the offset after the last byte this response carries, `total` the file's size when
+    the server states it (`bytes a-b/total`, not `/*`).
+    """
     content_range = response.headers.get("Content-Range", "")
-    if response.status == 206 and "/" in content_range:
-        total = content_range.rsplit("/", 1)[1].strip()
-        return int(total) if total.isdigit() else None
-    length = response.headers.get("Content-Length")
-    if length and length.isdigit():
-        return int(length) + (start if response.status == 206 else 0)
-    return None
+    match = _CONTENT_RANGE.match(content_range.strip())
+    if match is None or int(match[1]) != start or int(match[2]) < start:
+        part.unlink(missing_ok=True)  # never append bytes from another offset
+        raise _Interrupted(
+            f"server resumed at the wrong offset ({content_range!r}, asked for {start}); restarting"
+        )
+    total = None if match[3] == "*" else int(match[3])
+    return int(match[2]) + 1, total
 
 
-def _stream(url: str, part: Path, size: int | None, progress: bool) -> int | None:
-    """Append the rest of `url` to `part`; returns the expected total size (if known)."""
+def _stream(url: str, part: Path, size: int | None, progress: bool, timeout: float) -> int | None:
+    """Append the rest of `url` to `part`; returns the file's full size when it is known.
+
+    Returns only when `part` holds everything the server said it would send; a transfer that
+    stops short (closed, or no byte for `timeout` s) raises _Interrupted, keeping what arrived.
+    """
     start = part.stat().st_size if part.exists() else 0
     if size is not None and start > size:
         start = 0  # garbage from another file: start over
-    response = _open(url, start)
+    response = _open(url, start, timeout)
     with response:
         if response.status == 416:
             # Range beyond the end: the part is complete only if it matches what we expect.
-            if size is not None and start == size:
-                return size
+            match = _CONTENT_RANGE.match(
+                "bytes 0-0/" + response.headers.get("Content-Range", "").split("/")[-1]
+            )
+            stated = int(match[3]) if match and match[3] != "*" else None
+            known = size if size is not None else stated
+            if start and known == start:
+                return start
             part.unlink(missing_ok=True)
             raise _Interrupted("server refused the resume range; restarting")
-        if start and response.status == 206:
-            content_range = response.headers.get("Content-Range", "")
-            if not content_range.startswith(f"bytes {start}-"):
-                part.unlink(missing_ok=True)
-                raise _Interrupted(f"server resumed at the wrong offset ({content_range!r}); restarting")
+        if response.status == 206:
+            end, total = _resumed_range(response, part, start)
             mode = "ab"
         else:
             start, mode = 0, "wb"  # a 200 to a Range request: the server ignored it, start over
-        total = _total_from(response, start)
+            end = total = _content_length(response)
+        if response.headers.get_content_type() == "text/html" and verify.is_binary(
+            part.name.removesuffix(".part")
+        ):
+            raise UserError(
+                f"{url}: the server sent an HTML page (Content-Type: text/html), not the file — "
+                "check the URL or pass --base-url"
+            )
         if size is not None and total is not None and total != size:
             raise UserError(
                 f"{url}: server reports {total} bytes but this file is known to be {size} bytes — "
                 "the mirror serves a different file"
             )
         expected = size if size is not None else total
-        bar = _progress_bar(part.name.removesuffix(".part"), expected, start, progress)
-        received = start
-        try:
-            with open(part, mode) as out:
-                while True:
-                    try:
-                        chunk = response.read(CHUNK)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _Interrupted(f"{type(e).__name__}: {e}") from None
-                    if not chunk:
-                        break
-                    try:
-                        out.write(chunk)
-                    except OSError as e:
-                        raise UserError(f"could not write {part}: {e.strerror or e}") from None
-                    received += len(chunk)
-                    bar.update(len(chunk))
-        finally:
-            bar.close()
-    if expected is not None and received < expected:
-        raise _Interrupted(f"connection closed at {received} of {expected} bytes")
+        received = _copy(response, part, mode, start, expected, progress, timeout)
+    if (end is not None and received < end) or (expected is not None and received < expected):
+        raise _Interrupted(f"connection closed at {received} of {end if end is not None else expected} bytes")
+    if (end is not None and received > end) or (expected is not None and received > expected):
+        part.unlink(missing_ok=True)
+        raise UserError(
+            f"{url}: the server sent {received} bytes, more than it announced; removed the download"
+        )
     return expected
+
+
+def _copy(
+    response, part: Path, mode: str, start: int, expected: int | None, progress: bool, timeout: float
+) -> int:
+    """Write the body to `part` as it arrives; returns the size `part` then has.
+
+    `read1` returns whatever one socket read brings, so every byte received is on disk before
+    the next wait: a stall costs the wait, never the data.
+    """
+    bar = _progress_bar(part.name.removesuffix(".part"), expected, start, progress)
+    received = start
+    try:
+        with open(part, mode) as out:
+            while True:
+                try:
+                    chunk = response.read1(CHUNK)
+                except TimeoutError:
+                    raise _Interrupted(f"no data for {timeout:g} s") from None
+                except (OSError, http.client.HTTPException) as e:
+                    raise _Interrupted(f"{type(e).__name__}: {e}") from None
+                if not chunk:
+                    break
+                try:
+                    out.write(chunk)
+                except OSError as e:
+                    raise UserError(f"could not write {part}: {e.strerror or e}") from None
+                received += len(chunk)
+                bar.update(len(chunk))
+    except OSError as e:  # opening the .part
+        raise UserError(f"could not write {part}: {e.strerror or e}") from None
+    finally:
+        bar.close()
+    return received
 
 
 def _progress_bar(label: str, total: int | None, initial: int, enabled: bool):
@@ -344,33 +380,41 @@ def _progress_bar(label: str, total: int | None, initial: int, enabled: bool):
     )
 
 
-def _digests(path: Path) -> tuple[str, str]:
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            md5.update(chunk)
-            sha.update(chunk)
-    return md5.hexdigest(), sha.hexdigest()
+def _check_content(url: str, part: Path, *, resumable: bool) -> None:
+    """`verify.check_content`, before anything is renamed or vouched for.
+
+    A file that may be cut short while nobody told us its size stays as `.part` to be resumed;
+    anything else that fails is removed.
+    """
+    problem = verify.check_content(part)
+    if problem is None:
+        return
+    if resumable and problem.maybe_truncated:
+        raise _Interrupted(f"{problem.what}, and the server did not say how long the file is")
+    part.unlink(missing_ok=True)
+    raise UserError(f"{url}: {problem.what}; removed the download")
 
 
-def _verify_and_commit(url: str, part: Path, dest: Path, expected: int | None, md5: str | None) -> None:
+def _verify_and_commit(
+    url: str, part: Path, dest: Path, expected: int | None, md5: str | None, sha256: str | None
+) -> None:
     actual = part.stat().st_size
     if expected is not None and actual != expected:
         part.unlink(missing_ok=True)
         raise UserError(
             f"{dest}: downloaded {actual} bytes but expected {expected}; removed the partial file"
         )
-    got_md5, got_sha = _digests(part)
-    if md5 is not None and got_md5 != md5.lower():
-        part.unlink(missing_ok=True)
-        raise UserError(
-            f"{dest}: checksum mismatch (md5 {got_md5}, expected {md5}) for {url}; the corrupt download was "
-            "removed — run the command again"
-        )
+    got_md5, got_sha = verify.digests(part)
+    for algorithm, want, got in (("md5", md5, got_md5), ("sha256", sha256, got_sha)):
+        if want is not None and got != want.lower():
+            part.unlink(missing_ok=True)
+            raise UserError(
+                f"{dest}: checksum mismatch ({algorithm} {got}, expected {want}) for {url}; the corrupt "
+                "download was removed — run the command again"
+            )
+    os.chmod(part, 0o666 & ~_umask())
     os.replace(part, dest)
-    tmp = _sidecar(dest).with_suffix(".sha256.tmp")
-    tmp.write_text(f"{got_sha}  {dest.name}\n", encoding="utf-8")
-    os.replace(tmp, _sidecar(dest))
+    atomic_write_text(_sidecar(dest), f"{got_sha}  {dest.name}\n")
 
 
 def verify_sidecar(path: Path) -> bool:
@@ -378,97 +422,4 @@ def verify_sidecar(path: Path) -> bool:
     sidecar = _sidecar(Path(path))
     if not sidecar.is_file():
         return False
-    recorded = sidecar.read_text(encoding="utf-8").split()[0]
-    return _digests(Path(path))[1] == recorded
-
-
-# --- extracting ---------------------------------------------------------------------------
-
-MAX_TOTAL_BYTES = 64 << 30  # train2017.zip holds ~19.3 GB of JPEGs
-MAX_RATIO = 200  # JSON compresses ~5-10x, JPEG ~1x; zip bombs are 1000x and more
-RATIO_MIN_BYTES = 1 << 20  # tiny members may compress absurdly well without harm
-
-
-def _member_target(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
-    """The checked relative path of a member (None for directories); raises on anything unsafe."""
-    name = info.filename
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        raise UserError(f"{archive}: refusing to extract symlink member {name!r}")
-    if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise UserError(f"{archive}: refusing to extract member with an absolute path {name!r}")
-    path = PurePosixPath(name)
-    if any(p == ".." for p in path.parts):
-        raise UserError(f"{archive}: refusing to extract member {name!r}, which points outside the folder")
-    if info.is_dir() or not path.parts:
-        return None
-    return path
-
-
-def _marker(dest: Path, archive: Path) -> Path:
-    return dest / ".extracted" / (archive.name + ".txt")
-
-
-def safe_extract(
-    archive: Path, dest: Path, *, max_total: int = MAX_TOTAL_BYTES, max_ratio: float = MAX_RATIO
-) -> list[Path]:
-    """Extract `archive` into `dest` after checking every member; skip if already extracted.
-
-    Files land in a temporary folder inside `dest` and are renamed into place one by one, so an
-    interrupted extraction never leaves a half-written file under its real name; a marker listing
-    the members is written last and lets the next call skip the work.
-    """
-    archive, dest = Path(archive), Path(dest)
-    marker = _marker(dest, archive)
-    if marker.is_file():
-        members = [dest / line for line in marker.read_text(encoding="utf-8").splitlines() if line]
-        if all(m.exists() for m in members):
-            return members
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"{archive}: not a readable zip file ({e}); delete it and download again") from None
-    with zf:
-        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-        total = 0
-        for info in zf.infolist():
-            target = _member_target(info, archive)
-            if target is None:
-                continue
-            total += info.file_size
-            if total > max_total:
-                raise UserError(f"{archive}: refusing to extract over {max_total} bytes (possible zip bomb)")
-            if info.file_size > RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
-                raise UserError(
-                    f"{archive}: member {info.filename!r} expands "
-                    f"{info.file_size / max(info.compress_size, 1):.0f}x "
-                    "(possible zip bomb); refusing to extract"
-                )
-            plan.append((info, target))
-        dest.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(dest).free
-        if total > free:
-            raise UserError(f"{archive}: needs {total} bytes to extract but only {free} are free in {dest}")
-        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
-        try:
-            for info, target in plan:
-                out_path = tmp.joinpath(*target.parts)
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                written = 0
-                with zf.open(info) as src, open(out_path, "wb") as out:
-                    while chunk := src.read(CHUNK):
-                        written += len(chunk)
-                        if written > info.file_size:  # header lied about the size
-                            raise UserError(f"{archive}: member {info.filename!r} is larger than declared")
-                        out.write(chunk)
-            for _, target in plan:
-                final = dest.joinpath(*target.parts)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp.joinpath(*target.parts), final)
-        except zipfile.BadZipFile as e:
-            raise UserError(f"{archive}: corrupt zip ({e}); delete it and download again") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("".join(f"{t}\n" for _, t in plan), encoding="utf-8")
-    return [dest.joinpath(*t.parts) for _, t in plan]
+    return verify.digests(Path(path))[1] == _recorded_sha256(sidecar)

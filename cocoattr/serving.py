@@ -1,0 +1,108 @@
+"""What the app serves, without gradio: one model on a fixed pool of threads, recent predictions
+by file content, and the answers of the named API (/predict, /heatmap, /search).
+
+`app.py` lays these out and wires events; every number and image it shows comes from here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from cocoattr import viz
+from cocoattr.cache import Cached, PredictionCache
+from cocoattr.errors import UserError
+from cocoattr.images import load_image
+from cocoattr.index import Index
+from cocoattr.search import Results, find
+from cocoattr.vocab import TYPES
+
+if TYPE_CHECKING:
+    from cocoattr.predictor import Prediction, Predictor
+
+MAX_RESULTS = 100  # /search returns at most this many rows
+EMPTY_QUERY = "type attributes like 'furry, animal' or 'red, -indoor'"
+
+
+class Service:
+    """The model, the index and recent predictions, shared by every tab and endpoint."""
+
+    def __init__(self, predictor: Predictor, index: Index, concurrency: int = 2) -> None:
+        self.predictor, self.index = predictor, index
+        # Model work runs on one fixed pool: gradio calls handlers from a large, changing thread
+        # pool, and every new thread that enters torch gets its own OpenMP team and allocator
+        # state, so memory crept up with each thread used.
+        self._threads = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="cocoattr-model")
+        self.cache = PredictionCache(lambda image: self.on_model_thread(predictor.predict_one, image))
+
+    def on_model_thread(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        return self._threads.submit(fn, *args, **kwargs).result()
+
+    @property
+    def names(self) -> list[str]:
+        return self.predictor.attributes
+
+    @property
+    def type_order(self) -> list[str]:
+        return [t for t in TYPES if t in self.predictor.attribute_types]
+
+    def prediction(self, image: str) -> Cached:
+        """The (cached) prediction for an uploaded file; raises UserError for a missing or bad one."""
+        if not image:
+            raise UserError("no image given")
+        return self.cache.get(image)
+
+    def attribute(self, pred: Prediction, attribute: str | None) -> str:
+        """The attribute asked for (validated, with suggestions), or the prediction's top one."""
+        attribute, names = (attribute or "").strip(), self.names
+        if not attribute:
+            return names[int(np.argmax(pred.probs))]
+        if attribute not in names:
+            close = difflib.get_close_matches(attribute.lower(), names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"unknown attribute {attribute!r}{hint}")
+        return attribute
+
+    def overlay(
+        self, image: Image.Image, pred: Prediction, attribute: str, opacity: float, cmap: str
+    ) -> Image.Image:
+        try:
+            return viz.overlay(
+                image, pred.maps[self.names.index(attribute)], float(opacity), cmap or viz.DEFAULT_CMAP
+            )
+        except ValueError as e:  # an unknown colormap
+            raise UserError(str(e)) from None
+
+    def probabilities(self, image: str, top_k: int = 0, threshold: float = 0.0) -> dict[str, float]:
+        """/predict: every attribute's probability (or the top_k / those >= threshold), highest first."""
+        pred = self.prediction(image).prediction
+        k = int(top_k) if top_k and int(top_k) > 0 else len(self.names)
+        top = viz.top_attributes(pred.probs, self.names, k)
+        return {n: round(p, 5) for n, p in top if p >= float(threshold or 0)}
+
+    def heatmap(
+        self, image: str, attribute: str = "", opacity: float = 0.5, colormap: str = ""
+    ) -> Image.Image:
+        """/heatmap: the full-size input with `attribute`'s map overlaid (default: the top attribute)."""
+        pred = self.prediction(image).prediction
+        attribute = self.attribute(pred, attribute)
+        return self.overlay(load_image(image, name=Path(image).name), pred, attribute, opacity, colormap)
+
+    def search(self, query: str, top_k: int, image: str | None = None) -> Results:
+        """`cocoattr.search.find` on the model threads (a photo runs the model, free text MiniLM)."""
+        photo = load_image(image, name=Path(image).name) if image else None  # no server paths in errors
+        return self.on_model_thread(find, self.index, query, image=photo, k=top_k, predictor=self.predictor)
+
+    def search_rows(self, query: str = "", top_k: int = 10, image: str | None = None) -> list[dict]:
+        """/search: ranked rows for an attribute query, free text, or a query photo."""
+        query = (query or "").strip()
+        if not query and not image:
+            raise UserError(f"empty query: {EMPTY_QUERY}, or give a photo")
+        result = self.search(query, max(1, min(int(top_k or 10), MAX_RESULTS)), image or None)
+        return [h.to_api(i + 1) for i, h in enumerate(result.hits)]
