@@ -355,15 +355,9 @@ def bench_train(checkpoint: str, files: list[Path], quick: bool) -> dict:
     from cocoattr.checkpoints import load_model
     from cocoattr.images import load_image
     from cocoattr.inference import inference_copy
-    from cocoattr.train import (
-        Preprocess,
-        TrainConfig,
-        TrainStep,
-        augment,
-        label_loss,
-        make_optimizer,
-        set_trainable,
-    )
+    from cocoattr.training.config import TrainConfig
+    from cocoattr.training.data import Preprocess, augment
+    from cocoattr.training.model import TrainStep, label_loss, make_optimizer, set_trainable
 
     cfg = TrainConfig()
     batch = cfg.batch_size

@@ -31,6 +31,21 @@ def writable_file(path: str | Path) -> Path:
     return path
 
 
+def writable_folder(path: str | Path) -> Path:
+    """An output folder checked before any work starts: not a file, and writable (or creatable)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file; give a folder to write the run into")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write in {parent} (permission denied)")
+    return path
+
+
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
@@ -98,9 +113,18 @@ def cmd_build_default(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cocoattr.train import run_train
+    from cocoattr.training.config import load_config
+    from cocoattr.training.loop import fit
 
-    return run_train(args)
+    cfg = load_config(args.config)
+    out = writable_folder(args.out)
+    result = fit(cfg, out, resume=args.resume)
+    if result:
+        keys = ("best_epoch", "val_mAP", "val_auc", "test_mAP", "test_auc")
+        shown = [(k, result[k]) for k in keys if result.get(k) is not None]
+        print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown))
+        print(f"cocoattr: wrote {out / 'checkpoint'} and {out / 'report.md'}", file=sys.stderr)
+    return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:

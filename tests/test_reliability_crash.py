@@ -4,7 +4,7 @@ same command again, and the result is complete and identical to an uninterrupted
 (a) `cocoattr index build` over 40 images (partial saves every 4 images via the
     COCOATTR_INDEX_SAVE_EVERY knob; the default is every 500);
 (b) `cocoattr data download` from a slow 127.0.0.1 mirror (the rerun resumes with a Range request);
-(c) training: tests/test_train.py::test_kill_and_resume_matches_uninterrupted (not repeated here).
+(c) training: tests/test_training_loop.py::test_kill_and_resume_matches_uninterrupted (not repeated here).
 
 SIGKILL gives the process no chance to clean up, so what survives is only what was already
 atomically on disk. Every wait below is bounded in time.

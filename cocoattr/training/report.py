@@ -1,34 +1,23 @@
 """What a training run leaves for a person: history.json, two plots and report.md.
 
 Plots are PNGs drawn with matplotlib's Agg backend (no display needed, works on servers and
-in CI); every file is written to a temporary name and renamed, so a reader never sees half.
+in CI); every file goes through `cocoattr.atomic`, so a reader never sees half of one.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-
-def _atomic_write(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+from cocoattr.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 
 def write_history(run_dir: str | os.PathLike, history: list[dict]) -> Path:
     """RUN_DIR/history.json: one row per epoch (epoch 0 = the starting model)."""
     path = Path(run_dir) / "history.json"
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(history, indent=1), "utf-8"))
-    return path
+    return atomic_write_json(path, history)
 
 
 def _plt():
@@ -63,7 +52,7 @@ def plot_curves(history: list[dict], path: str | os.PathLike) -> Path:
     ax2.set_ylabel("val mAP", color="tab:orange")
     ax.set_title("training curve (epoch 0 = starting model)")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 
@@ -87,7 +76,7 @@ def plot_ap_bars(
     ax.set_xlabel("average precision")
     ax.set_title(title or f"per-attribute AP: bottom and top {k}")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 
@@ -144,8 +133,7 @@ def write_report(run_dir: str | os.PathLike, history: list[dict], result: dict, 
     ]
     lines += ["", "## Config", "", "```yaml", _yaml(config).rstrip(), "```", ""]
     path = run_dir / "report.md"
-    _atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines), "utf-8"))
-    return path
+    return atomic_write_text(path, "\n".join(lines))
 
 
 def _yaml(data: dict) -> str:

@@ -1,0 +1,124 @@
+"""Training data: samples per split, the model's own preprocessing, seeded augmentation.
+
+config.data -> {'train': samples with train_labels, 'val'/'test': samples with eval_labels}
+-> ImageDataset (decode, [augment], preprocess) -> (image, targets, known) per sample
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cocoattr.data.datasets import AttributeDataset, Sample
+from cocoattr.data.splits import SPLITS, split_of
+from cocoattr.errors import UserError
+from cocoattr.model import AttributeModel
+from cocoattr.training.config import DataConfig
+
+
+def _gallery_splits(data: DataConfig) -> dict[str, dict[str, list[Sample]]]:
+    from cocoattr.data.datasets import gallery_samples
+    from cocoattr.data.gallery import load_gallery
+
+    gallery = load_gallery(Path(data.root) if data.root else None)
+    by_labels = {"hand": gallery_samples(gallery, "hand"), "captions": gallery_samples(gallery, "mined")}
+    which = gallery.splits(data.split, data.split_seed)
+    return {
+        labels: {s: [x for x in samples if which[x.image_id] == s] for s in SPLITS}
+        for labels, samples in by_labels.items()
+    }
+
+
+def _coco_samples(data: DataConfig) -> list[Sample]:
+    root = Path(data.root or ".").expanduser()
+    if data.source == "coco_captions":
+        from cocoattr.data.captions import CaptionMiner
+        from cocoattr.data.datasets import coco_caption_samples
+
+        samples, report = coco_caption_samples(
+            root / data.captions_json, root / data.image_dir, CaptionMiner(min_votes=data.min_votes)
+        )
+    else:
+        from cocoattr.data.datasets import cocottributes_samples
+
+        samples, report, _ = cocottributes_samples(
+            root / data.attributes_pickle,
+            {k: root / v for k, v in data.instances.items()},
+            {k: root / v for k, v in data.image_dirs.items()},
+        )
+    print(f"cocoattr: {len(samples)} samples; {report.summary()}", file=sys.stderr)
+    return samples
+
+
+def load_splits(data: DataConfig) -> dict[str, list[Sample]]:
+    """{'train': samples with train_labels, 'val'/'test': samples with eval_labels}."""
+    if data.source == "gallery":
+        both = _gallery_splits(data)
+        out = {"train": both[data.train_labels]["train"]}
+        out |= {s: both[data.eval_labels][s] for s in ("val", "test")}
+    else:
+        samples = _coco_samples(data)
+        out = {
+            s: [x for x in samples if split_of(x.image_id, data.split, data.split_seed) == s] for s in SPLITS
+        }
+    if data.max_train:
+        out["train"] = out["train"][: data.max_train]
+    if data.max_eval:
+        out |= {s: out[s][: data.max_eval] for s in ("val", "test")}
+    for split in ("train", "val"):
+        if not out[split]:
+            raise UserError(f"config: data gives no {split} samples (check data.split and data.max_*)")
+    return out
+
+
+class Preprocess:
+    """The model's own preprocessing (`cocoattr.transforms.preprocess`, one image), picklable for workers."""
+
+    def __init__(self, model: AttributeModel) -> None:
+        self.size = model.image_size
+        self.mean = model.backbone.mean.view(3, 1, 1).cpu().numpy()
+        self.std = model.backbone.std.view(3, 1, 1).cpu().numpy()
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        from cocoattr.transforms import preprocess
+
+        return preprocess([image], self.size, self.mean, self.std)[0]
+
+
+def augment(image: Any, rng: np.random.Generator) -> Any:
+    """Random crop keeping 65-100% of each side, and a horizontal flip half the time."""
+    from PIL import Image
+
+    w, h = image.size
+    cw, ch = int(w * rng.uniform(0.65, 1.0)), int(h * rng.uniform(0.65, 1.0))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    image = image.crop((x, y, x + cw, y + ch))
+    return image.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else image
+
+
+class ImageDataset(AttributeDataset):
+    """AttributeDataset whose augmentation of item i in epoch e depends only on (seed, e, i)."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Preprocess, train: bool, seed: int) -> None:
+        super().__init__(samples, transform)
+        self.train, self.seed, self.epoch = train, seed, 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        labels = self.samples[index].labels
+        image = self.image(index)
+        if self.train:
+            image = augment(image, np.random.default_rng([self.seed, self.epoch, index]))
+        return (
+            self.transform(image),
+            torch.from_numpy((labels == 1).astype(np.float32)),
+            torch.from_numpy(labels != -1),
+        )
+
+
+def label_matrix(samples: Sequence[Sample]) -> np.ndarray:
+    return np.stack([s.labels for s in samples]).astype(np.int8)
