@@ -177,20 +177,29 @@ def _quiet_transformers() -> None:
 
 
 def _image_query(words: list[str]) -> Path | None:
-    """The query photo when the whole query is one existing image file, else None."""
+    """The query photo when the whole query is one existing image file, else None. A query that
+    is a folder, or that looks like an image path that does not exist, is an error, not words."""
     from cocoattr.images import IMAGE_SUFFIXES  # numpy + PIL: ~170 ms
 
     p = Path(words[0]).expanduser()
-    return p if len(words) == 1 and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() else None
+    if len(words) != 1:
+        return None
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder; search by one image file, or give attribute words")
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        if not p.is_file():
+            raise UserError(f"{p}: no such image file")
+        return p
+    return None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     """`cocoattr search`: a table (or --json list) of hits best first; the interpretation goes to stderr."""
-    from cocoattr.index import Index  # numpy + the gallery: ~250 ms
+    from cocoattr.index import GALLERY, Index, default_index_path  # numpy + the gallery: ~250 ms
     from cocoattr.search import find
 
     _quiet_transformers()
-    index = Index.load(args.index)
+    index = Index.load(args.index or default_index_path(GALLERY))
     if not index.complete:
         notice("this index is incomplete (an interrupted build); run `index build` again to finish it")
     text, image = " ".join(args.query), _image_query(args.query)
@@ -207,9 +216,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     if not results.hits:
         print("(the index is empty)" if len(index) == 0 else "(no results)")
+    else:
+        print(f"{'rank':>4}  {'score':>9}  image  (top attributes)")
     for rank, h in enumerate(results.hits, 1):
         why = "  ".join(f"{name} {p:.2f}" for name, p in h.attributes.items())
-        print(f"{rank:>3}  {h.score:9.3f}  {h.image}  {why}")
+        print(f"{rank:>4}  {h.score:9.3f}  {h.image}  {why}")
     return 0
 
 
@@ -267,9 +278,10 @@ def _add_index_commands(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_index_recall)
 
     p = sub.add_parser("search", help="search an index with an attribute query")
-    p.add_argument("--index", required=True)
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--index", default=None,
+                   help="index file (default: the bundled gallery's, which `make demo` builds)")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=10, help="hits to show (default 10)")
+    p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("query", nargs="+", help="e.g. 'red, furry, -indoor' or 'striped^2 animal' or free text")
     p.set_defaults(func=cmd_search)
 
@@ -339,8 +351,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _query_words_not_flags(argv: list[str]) -> list[str]:
+    """`search furry -indoor --top-k 3`: an exclude looks like a flag to argparse. Move search's
+    own options first and the query words, in order, after `--`, wherever they were typed."""
+    if not argv or argv[0] != "search" or "--" in argv:
+        return argv
+    options, takes_value = {"-h", "--help", "--json", "--index", "--top-k"}, {"--index", "--top-k"}
+    flags, words, i = [], [], 1
+    while i < len(argv):
+        word = argv[i]
+        if word.split("=", 1)[0] in options:
+            flags.append(word)
+            if word in takes_value and i + 1 < len(argv):
+                flags.append(argv[i + 1])
+                i += 1
+        else:
+            words.append(word)
+        i += 1
+    return [argv[0], *flags, "--", *words] if words else [argv[0], *flags]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(_query_words_not_flags(argv))
     tune_malloc()  # before any decode or model thread exists
     try:
         return int(args.func(args) or 0)

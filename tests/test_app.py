@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gradio_client import handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image
 
 from cocoattr import viz
-
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
 
 APP_GALLERY = Path(__file__).resolve().parent.parent / "cocoattr" / "gallery" / "images"
 CHELSEA = APP_GALLERY / "skimage_chelsea.jpg"

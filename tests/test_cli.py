@@ -86,10 +86,37 @@ def test_cli_search_json(real_index, capsys):
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert "query: furry animal" in captured.err
     assert main(["search", "--index", str(out), "--top-k", "2", "vehicle"]) == 0
-    assert "jeep" in capsys.readouterr().out.splitlines()[0]
+    header, first = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[:2] == ["rank", "score"] and "jeep" in first
 
 
 def test_cli_search_unknown_query_is_a_clean_error(real_index, capsys):
     _, out = real_index
     assert main(["search", "--index", str(out), "xqzzkv"]) == 2
     assert "nothing in the query matches" in capsys.readouterr().err
+
+
+def test_search_takes_excludes_and_options_in_any_order(real_index, capsys):
+    _, index = real_index
+    assert main(["search", "-indoor", "--index", str(index), "cup", "--top-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 2 and set(hits[0]["attributes"]) == {"cup", "-indoor"}
+
+
+def test_search_without_index_uses_the_gallery_index_and_prints_a_header(real_index, capsys, monkeypatch):
+    import cocoattr.index
+
+    _, index = real_index
+    monkeypatch.setattr(cocoattr.index, "GALLERY_INDEX", index)
+    assert main(["search", "cup"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["rank", "score", "image"]
+    assert "skimage_coffee.jpg" in lines[1]
+
+
+@pytest.mark.parametrize(("query", "fragment"), [("missing.jpg", "no such image file"), (".", "is a folder")])
+def test_search_by_a_path_that_is_no_image_is_one_line(real_index, capsys, query, fragment):
+    _, index = real_index
+    assert main(["search", "--index", str(index), query]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
