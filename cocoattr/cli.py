@@ -181,9 +181,9 @@ def _image_query(words: list[str]) -> Path | None:
     is a folder, or that looks like an image path that does not exist, is an error, not words."""
     from cocoattr.images import IMAGE_SUFFIXES  # numpy + PIL: ~170 ms
 
+    if len(words) != 1 or not words[0].strip() or len(words[0]) > 1024:
+        return None  # empty, or too long for a path: words for the query parser to judge
     p = Path(words[0]).expanduser()
-    if len(words) != 1:
-        return None
     if p.is_dir():
         raise UserError(f"{p}: is a folder; search by one image file, or give attribute words")
     if p.suffix.lower() in IMAGE_SUFFIXES:

@@ -45,6 +45,7 @@ class ModelConfig(BaseModel):
     concepts: bool = True
     colour: bool = True
     objects: bool = False
+    scene: bool = False
     concept_temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
     image_size: int = Field(288, ge=32, le=1024)
     dim: int = Field(512, ge=8, le=4096)
@@ -110,6 +111,7 @@ class AttributeModel(
         concepts: bool = True,
         colour: bool = True,
         objects: bool = False,
+        scene: bool = False,
         concept_temperature: float = 1.0,
         image_size: int = 288,
         dim: int = 512,
@@ -136,6 +138,7 @@ class AttributeModel(
             colour=colour,
             concept_temperature=concept_temperature,
             objects=objects,
+            scene=scene,
         )
         grid = self._grid_size(image_size)
         self.grid = grid

