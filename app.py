@@ -241,7 +241,7 @@ def predict_tab(s: Service, examples: list[list[str]]) -> tuple[gr.Image, Any]:
                             )
                         )
             boxes = gr.AnnotatedImage(
-                label="objects", format="jpeg", visible=False, elem_id="predict-objects"
+                label="objects", format="jpeg", height=420, visible=False, elem_id="predict-objects"
             )
             objects = gr.Markdown(elem_id="predict-objects-list")
     inputs, outputs = [image, top_k, threshold], labels + [summary]
