@@ -16,6 +16,7 @@ Environment:
 
 API (gradio_client): /predict(image, top_k=0, threshold=0.0) -> {attribute: probability},
 /heatmap(image, attribute="", opacity=0.5, colormap="jet") -> overlay image of the input's size,
+/objects(image, min_score=0.35, top_k=5) -> [{box: [x1, y1, x2, y2], category, score, attributes}, ...],
 /search(query="", top_k=10, image=None) -> [{rank, image, score, matched, caption}, ...].
 """
 
@@ -41,7 +42,7 @@ from cocoattr.errors import UserError
 from cocoattr.hub import read_metrics
 from cocoattr.index import GALLERY, Index, open_or_build
 from cocoattr.predictor import Predictor
-from cocoattr.serving import EMPTY_QUERY, Service
+from cocoattr.serving import EMPTY_QUERY, MIN_SCORE, Service
 from cocoattr.vocab import TYPES
 
 ENV_INDEX = "COCOATTR_INDEX"
@@ -140,7 +141,7 @@ def open_index(predictor: Predictor) -> Index:
 
 
 def api_endpoints(s: Service) -> None:
-    """/predict, /heatmap, /search: plain values in, JSON-able values out, on hidden components."""
+    """/predict, /heatmap, /objects, /search: plain values in, JSON-able values out, on hidden components."""
 
     @user_errors
     def api_predict(image: str, top_k: int = 0, threshold: float = 0.0) -> dict[str, float]:
@@ -151,6 +152,11 @@ def api_endpoints(s: Service) -> None:
     def api_heatmap(image: str, attribute: str = "", opacity: float = 0.5, colormap: str = viz.DEFAULT_CMAP):
         """The full-size input with `attribute`'s attention map overlaid (default: the top attribute)."""
         return s.heatmap(image, attribute, opacity, colormap)
+
+    @user_errors
+    def api_objects(image: str, min_score: float = MIN_SCORE, top_k: int = 5) -> list[dict]:
+        """The detected objects (COCO-80), best first: box in the image's pixels, score, top_k attributes."""
+        return s.objects(image, min_score, top_k)
 
     @user_errors
     def api_search(query: str = "", top_k: int = 10, image: str | None = None) -> list[dict]:
@@ -166,13 +172,17 @@ def api_endpoints(s: Service) -> None:
         a_cmap = gr.Textbox(value=viz.DEFAULT_CMAP, label="colormap")
         a_query = gr.Textbox(value="", label="query")
         a_k = gr.Number(value=10, precision=0, label="top_k")
+        a_min = gr.Number(value=MIN_SCORE, label="min_score")
+        a_ok = gr.Number(value=5, precision=0, label="top_k")
+        a_objects = gr.JSON(label="objects")
         a_probs = gr.JSON(label="probabilities")
         a_overlay = gr.Image(type="pil", format="png", label="overlay")
         a_hits = gr.JSON(label="results")
-        a_go = [gr.Button(visible=False) for _ in range(3)]
+        a_go = [gr.Button(visible=False) for _ in range(4)]
     a_go[0].click(api_predict, [a_image, a_topk, a_thr], a_probs, api_name="predict")
     a_go[1].click(api_heatmap, [a_image, a_attr, a_opacity, a_cmap], a_overlay, api_name="heatmap")
     a_go[2].click(api_search, [a_query, a_k, a_image], a_hits, api_name="search")
+    a_go[3].click(api_objects, [a_image, a_min, a_ok], a_objects, api_name="objects")
 
 
 # --------------------------------------------------------------------------- tabs
@@ -195,6 +205,12 @@ def predict_tab(s: Service, examples: list[list[str]]) -> tuple[gr.Image, Any]:
         top = ", ".join(f"**{n}** {p:.2f}" for n, p in viz.top_attributes(probs, s.names, 8))
         return labels + [f"{item.size[0]}×{item.size[1]} px. Most likely: {top}"]
 
+    def ui_objects(image: str | None, min_score: float) -> tuple:
+        if not image:
+            return gr.AnnotatedImage(value=None, visible=False), ""
+        value, colours, text = user_errors(s.object_view)(image, min_score)
+        return gr.AnnotatedImage(value=value, color_map=colours, visible=value is not None), text
+
     with gr.Tab("Predict", id="predict"), gr.Row():
         with gr.Column(scale=2):
             image = image_input(
@@ -205,6 +221,9 @@ def predict_tab(s: Service, examples: list[list[str]]) -> tuple[gr.Image, Any]:
             )
             top_k = gr.Slider(1, 15, value=5, step=1, label="top-k per type")
             threshold = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="threshold")
+            min_score = gr.Slider(
+                0.05, 1.0, value=MIN_SCORE, step=0.05, label="object boxes: detector score ≥"
+            )
             gr.Examples(examples, inputs=[image], label="Gallery photos", examples_per_page=8)
         with gr.Column(scale=3):
             summary = gr.Markdown(elem_id="predict-summary")
@@ -221,10 +240,16 @@ def predict_tab(s: Service, examples: list[list[str]]) -> tuple[gr.Image, Any]:
                                 elem_classes=["type-bars"],
                             )
                         )
+            boxes = gr.AnnotatedImage(
+                label="objects", format="jpeg", height=420, visible=False, elem_id="predict-objects"
+            )
+            objects = gr.Markdown(elem_id="predict-objects-list")
     inputs, outputs = [image, top_k, threshold], labels + [summary]
     changed = image.change(ui_predict, inputs, outputs, **UI)
     for ctl in (top_k, threshold):
         ctl.release(ui_predict, inputs, outputs, show_progress="hidden", **UI)
+    changed.success(ui_objects, [image, min_score], [boxes, objects], **UI)  # after the bars: one error toast
+    min_score.release(ui_objects, [image, min_score], [boxes, objects], show_progress="hidden", **UI)
     return image, changed
 
 

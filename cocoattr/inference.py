@@ -198,7 +198,10 @@ class InferenceModel:
             d = nms(boxes[i], scores[i], score_threshold, iou_threshold=0.6, max_detections=max_objects)
             rel = d.boxes / size
             masks = box_masks(rel, h, w)
-            logits = self._head(tokens[i : i + 1].expand(len(masks), -1, -1), h, w, masks).logits
+            if len(masks):
+                logits = self._head(tokens[i : i + 1].expand(len(masks), -1, -1), h, w, masks).logits
+            else:  # nothing above the threshold: no rows (the head cannot run on an empty batch)
+                logits = tokens.new_zeros((0, len(self.bias_eff)))
             found.append(ObjectsOutput(rel, d.scores, d.labels, logits))
         return self._head(tokens, h, w), found
 

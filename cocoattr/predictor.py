@@ -24,6 +24,7 @@ from cocoattr.images import ImageInput, load_image
 from cocoattr.inference import InferenceModel
 from cocoattr.model import AttributeModel, AttributeOutput
 from cocoattr.transforms import normalize, preprocess, resize_rgb
+from cocoattr.viz import top_attributes
 
 
 @dataclass
@@ -35,6 +36,17 @@ class DetectedObject:
     category: str
     score: float
     probs: np.ndarray  # (A,)
+
+    def to_json(self, names: Sequence[str], top_k: int = 5) -> dict:
+        """What the CLI's --json and the app's /objects give for it: the box (pixels, 0.1 px),
+        category, score and its `top_k` most probable attributes (all when top_k <= 0), highest first."""
+        k = int(top_k) if top_k and int(top_k) > 0 else len(names)
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "category": self.category,
+            "score": round(float(self.score), 4),
+            "attributes": {n: round(p, 5) for n, p in top_attributes(self.probs, names, k)},
+        }
 
 
 @dataclass
@@ -78,6 +90,11 @@ class Predictor:
     @property
     def attribute_types(self) -> list[str]:
         return self.model.attribute_types
+
+    @property
+    def has_detector(self) -> bool:
+        """Whether `predict_objects` works: the checkpoint has the COCO-80 detector."""
+        return self.model.backbone.detector is not None
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return preprocess(images, self.size, self.mean, self.std)
@@ -124,12 +141,11 @@ class Predictor:
 
     def predict_objects(self, images: Sequence[ImageInput], score_threshold: float = 0.35,
                         max_objects: int = 10) -> list[Prediction]:  # fmt: skip
-        """Predictions with `objects` filled: boxes, categories and per-object attributes."""
+        """Predictions with `objects` filled: boxes, categories and per-object attributes. Images
+        are decoded at full size (no JPEG draft), so boxes are in the image's own pixels."""
         out: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
-            chunk = [
-                load_image(image, min_side=2 * self.size) for image in images[start : start + self.batch_size]
-            ]
+            chunk = [load_image(image) for image in images[start : start + self.batch_size]]
             pixels = np.stack([resize_rgb(image, self.size) for image in chunk])
             o, found = self.engine.with_objects(
                 normalize(pixels, self.mean, self.std), score_threshold, max_objects

@@ -1,5 +1,5 @@
 """What the app serves, without gradio: one model on a fixed pool of threads, recent predictions
-by file content, and the answers of the named API (/predict, /heatmap, /search).
+by file content, and the answers of the named API (/predict, /heatmap, /objects, /search).
 
 `app.py` lays these out and wires events; every number and image it shows comes from here.
 """
@@ -24,10 +24,12 @@ from cocoattr.search import Results, find
 from cocoattr.vocab import TYPES
 
 if TYPE_CHECKING:
-    from cocoattr.predictor import Prediction, Predictor
+    from cocoattr.predictor import DetectedObject, Prediction, Predictor
 
 MAX_RESULTS = 100  # /search returns at most this many rows
 EMPTY_QUERY = "type attributes like 'furry, animal' or 'red, -indoor'"
+MIN_SCORE = 0.35  # /objects and the Predict tab: detector boxes at least this confident
+BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 
 
 class Service:
@@ -93,6 +95,42 @@ class Service:
         pred = self.prediction(image).prediction
         attribute = self.attribute(pred, attribute)
         return self.overlay(load_image(image, name=Path(image).name), pred, attribute, opacity, colormap)
+
+    def detect(self, image: str, min_score: float = MIN_SCORE) -> list[DetectedObject]:
+        """The objects in an uploaded file with a detector score >= min_score, best first."""
+        if not image:
+            raise UserError("no image given")
+        if not self.predictor.has_detector:
+            raise UserError("this checkpoint has no object detector")
+        score = float(MIN_SCORE if min_score is None else min_score)
+        if not 0.0 <= score <= 1.0:
+            raise UserError(f"min_score must be between 0 and 1 (got {score:g})")
+        photo = load_image(image, name=Path(image).name)  # no server paths in errors
+        return self.on_model_thread(self.predictor.predict_objects, [photo], score)[0].objects or []
+
+    def objects(self, image: str, min_score: float = MIN_SCORE, top_k: int = 5) -> list[dict]:
+        """/objects: [{box (x1, y1, x2, y2 in the image's pixels), category, score, attributes
+        (the object's top_k, all when top_k <= 0)}], best first."""
+        return [o.to_json(self.names, int(top_k or 0)) for o in self.detect(image, min_score)]
+
+    def object_view(self, image: str, min_score: float = MIN_SCORE, top_k: int = 5) -> tuple:
+        """The Predict tab's objects: ((display copy, [(box, label)]) or None, {label: colour},
+        markdown: each object's top attributes, or why there is nothing to draw)."""
+        if not self.predictor.has_detector:
+            return None, {}, "this checkpoint has no object detector"
+        item, found = self.prediction(image), self.detect(image, min_score)
+        if not found:
+            return None, {}, f"no objects found above {float(min_score):.2f}"
+        sx, sy = item.shown.width / item.size[0], item.shown.height / item.size[1]
+        boxes, colours, lines = [], {}, []
+        for i, o in enumerate(found):
+            label = f"{o.category} {o.score:.2f}"
+            x1, y1, x2, y2 = o.box
+            boxes.append(((round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)), label))
+            colours.setdefault(label, BOX_COLOURS[i % len(BOX_COLOURS)])
+            top = ", ".join(f"{n} {p:.2f}" for n, p in viz.top_attributes(o.probs, self.names, top_k))
+            lines.append(f"- **{label}**: {top}")
+        return (item.shown, boxes), colours, "\n".join(lines)
 
     def search(self, query: str, top_k: int, image: str | None = None) -> Results:
         """`cocoattr.search.find` on the model threads (a photo runs the model, free text MiniLM)."""

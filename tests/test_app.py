@@ -19,6 +19,7 @@ from cocoattr import viz
 
 APP_GALLERY = Path(__file__).resolve().parent.parent / "cocoattr" / "gallery" / "images"
 CHELSEA = APP_GALLERY / "skimage_chelsea.jpg"
+ASTRONAUT = APP_GALLERY / "skimage_astronaut.jpg"
 ANIMALS = {
     "gradio_cheetah.jpg", "gradio_cheetah1.jpg", "gradio_lion.jpg", "skimage_chelsea.jpg",
     "scipy_raccoon.jpg", "foolbox_imagenet_00_243_bull_mastiff.jpg", "foolbox_imagenet_16_251_dalmatian.jpg",
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 def test_named_endpoints_and_defaults(app_client) -> None:
     api = app_client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/predict", "/heatmap", "/search"} <= set(api)
+    assert {"/predict", "/heatmap", "/search", "/objects"} <= set(api)
 
     def required(name: str) -> list[str]:
         return [p["parameter_name"] for p in api[name]["parameters"] if not p["parameter_has_default"]]
@@ -40,7 +41,10 @@ def test_named_endpoints_and_defaults(app_client) -> None:
     assert required("/predict") == ["image"]
     assert required("/heatmap") == ["image"]
     assert required("/search") == []
-    assert len(api) == 3, "UI events must stay out of the documented API"
+    assert required("/objects") == ["image"]
+    assert [p["parameter_name"] for p in api["/objects"]["parameters"]] == ["image", "min_score", "top_k"]
+    assert [p["parameter_name"] for p in api["/predict"]["parameters"]] == ["image", "top_k", "threshold"]
+    assert len(api) == 4, "UI events must stay out of the documented API"
 
 
 def test_startup_built_the_index(app_server) -> None:
@@ -84,6 +88,38 @@ def test_heatmap_is_an_overlay_of_the_input_size(app_client) -> None:
     assert not np.array_equal(np.asarray(furry), np.asarray(out))
 
 
+# ---------------------------------------------------------------------------- /objects
+
+
+def test_objects_astronaut_matches_the_predictor(app_client, app_predictor) -> None:
+    got = app_client.predict(handle_file(str(ASTRONAUT)), api_name="/objects")
+    (want,) = app_predictor.predict_objects([ASTRONAUT])
+    assert want.objects, "the astronaut is detected"
+    assert len(got) == len(want.objects)
+    for g, w in zip(got, want.objects, strict=True):
+        assert g["category"] == w.category and g["score"] == pytest.approx(w.score, abs=1e-3)
+        assert g["box"] == pytest.approx(list(w.box), abs=0.2)
+        top5 = [app_predictor.attributes[i] for i in np.argsort(-w.probs, kind="stable")[:5]]
+        assert list(g["attributes"]) == top5
+        assert list(g["attributes"].values()) == pytest.approx(
+            [float(w.probs[app_predictor.attributes.index(n)]) for n in top5], abs=1e-4
+        )
+    person = next(o for o in got if o["category"] == "person")
+    assert person["score"] >= 0.5
+    x1, y1, x2, y2 = person["box"]
+    assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512
+
+
+def test_objects_min_score_and_top_k(app_client) -> None:
+    photo = handle_file(str(ASTRONAUT))
+    three = app_client.predict(photo, 0.35, 3, api_name="/objects")
+    assert three and all(len(o["attributes"]) == 3 for o in three)
+    assert app_client.predict(photo, 0.99, api_name="/objects") == [], "nothing that confident"
+    everything = app_client.predict(photo, 0.35, 0, api_name="/objects")
+    assert len(everything[0]["attributes"]) >= 150, "top_k=0: every attribute"
+    _assert_user_error(lambda: app_client.predict(photo, 2, api_name="/objects"), "min_score")
+
+
 # ---------------------------------------------------------------------------- /search
 
 
@@ -123,6 +159,7 @@ def test_errors_are_readable_and_the_app_keeps_serving(app_client, app_bad_files
     _assert_user_error(lambda: app_client.predict(pdf, api_name="/predict"), "not an image")
     _assert_user_error(lambda: app_client.predict(huge, api_name="/predict"), "too large")
     _assert_user_error(lambda: app_client.predict(pdf, api_name="/heatmap"), "not an image")
+    _assert_user_error(lambda: app_client.predict(pdf, api_name="/objects"), "not an image")
     _assert_user_error(
         lambda: app_client.predict(handle_file(str(CHELSEA)), "unicornish", api_name="/heatmap"),
         "unknown attribute",

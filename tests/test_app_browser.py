@@ -109,6 +109,23 @@ def test_predict_heatmaps_and_search_in_the_browser(page, app_predictor, app_art
     assert not page.errors, page.errors  # type: ignore[attr-defined]
 
 
+def test_predict_draws_object_boxes(page, app_artifacts) -> None:
+    from playwright.sync_api import expect
+
+    page.locator("#predict-image input[type=file]").set_input_files(str(GALLERY / "skimage_astronaut.jpg"))
+    expect(page.locator("#predict-objects-list")).to_contain_text("person")
+    boxes = page.locator("#predict-objects")
+    expect(boxes).to_be_visible()
+    expect(boxes.locator("img").first).to_be_visible()
+    assert boxes.locator("img").count() >= 2, "the photo plus one box layer per object"
+    expect(boxes).to_contain_text("person 0.")  # the legend
+    page.screenshot(path=str(app_artifacts / "app_objects.png"), full_page=True)
+    page.locator("#predict-image input[type=file]").set_input_files(str(GALLERY / "sklearn_flower.jpg"))
+    expect(page.locator("#predict-objects-list")).to_contain_text("no objects found above 0.35")
+    expect(boxes).to_be_hidden()
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+
+
 def test_bad_upload_shows_a_readable_error(page, app_bad_files, app_artifacts) -> None:
     from playwright.sync_api import expect
 

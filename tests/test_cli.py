@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from cocoattr.data.gallery import gallery_root
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = str(gallery_root() / "images" / "skimage_chelsea.jpg")
+ASTRONAUT = str(gallery_root() / "images" / "skimage_astronaut.jpg")  # 512x512, one person
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -33,6 +35,7 @@ def test_predict_json_has_every_attribute_and_sensible_top():
     assert proc.returncode == 0, proc.stderr
     (row,) = json.loads(proc.stdout)
     assert row["image"] == CAT and len(row["attributes"]) >= 150
+    assert "objects" not in row, "objects only with --objects"
     top = sorted(row["attributes"], key=row["attributes"].get, reverse=True)[:10]
     assert {"cat", "furry", "animal"} & set(top)
     assert all(0.0 <= p <= 1.0 for p in row["attributes"].values())
@@ -58,6 +61,46 @@ def test_unknown_checkpoint_is_one_line_error():
     proc = run("predict", "--checkpoint", "./no/such/dir", CAT)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("cocoattr: error:") and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- predict --objects
+
+
+def test_predict_objects_json_has_the_astronaut(capsys):
+    assert main(["predict", "--checkpoint", "default", "--objects", "--json", "--top-k", "4", ASTRONAUT]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["image"] == ASTRONAUT and len(row["attributes"]) >= 150, "the image-level record is unchanged"
+    people = [o for o in row["objects"] if o["category"] == "person" and o["score"] >= 0.5]
+    assert people, row["objects"]
+    for o in row["objects"]:
+        assert set(o) == {"box", "category", "score", "attributes"}
+        x1, y1, x2, y2 = o["box"]
+        assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512, o["box"]
+        values = list(o["attributes"].values())
+        assert len(values) == 4 and values == sorted(values, reverse=True), "the --top-k best, highest first"
+        assert set(o["attributes"]) <= set(row["attributes"])
+    x1, y1, x2, y2 = people[0]["box"]
+    assert (x2 - x1) * (y2 - y1) > 0.3 * 512 * 512, "the astronaut fills much of the photo"
+
+
+def test_predict_objects_table_has_one_line_per_object(capsys):
+    assert main(["predict", "--checkpoint", "default", "--objects", "--top-k", "3", ASTRONAUT]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ASTRONAUT and len(lines[1:4]) == 3 and not lines[1].lstrip().startswith("[")
+    pattern = r"  \[person 0\.\d\d\]  box \d+,\d+,\d+,\d+  (\S+ [01]\.\d\d, ){4}\S+ [01]\.\d\d"
+    assert any(re.fullmatch(pattern, line) for line in lines[4:]), lines
+    assert main(["predict", "--checkpoint", "default", "--objects", "--min-score", "0.99", ASTRONAUT]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "  (no objects above 0.99)"
+
+
+def test_predict_objects_without_a_detector_is_one_line(tmp_path, random_model, capsys):
+    from cocoattr.hub import save_checkpoint
+
+    folder = save_checkpoint(random_model(), tmp_path / "no-detector")
+    assert main(["predict", "--checkpoint", str(folder), "--objects", ASTRONAUT]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no object detector" in err[0], err
+    assert main(["predict", "--checkpoint", str(folder), "--json", ASTRONAUT]) == 0, "fine without --objects"
 
 
 def test_download_help_lists_every_resource(capsys):
