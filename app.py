@@ -11,7 +11,9 @@ Environment:
     COCOATTR_CHECKPOINT  checkpoint folder or Hub id (default: the Hub default, falling back
                          offline to the embedded zero-shot default)
     COCOATTR_IMAGES      folder of images to search (default: the bundled gallery)
-    COCOATTR_INDEX       index file for those images (built at start-up when missing)
+    COCOATTR_INDEX       index file for those images (built at start-up when missing), or
+                         hf://datasets/USER/NAME: a pushed index (`cocoattr index push`), downloaded
+                         once into the HF cache; offline without a cache, the bundled gallery
     COCOATTR_CONCURRENCY how many requests run at once (default 2; CPU-bound work)
 
 API (gradio_client): /predict(image, top_k=0, threshold=0.0) -> {attribute: probability},
@@ -22,6 +24,7 @@ API (gradio_client): /predict(image, top_k=0, threshold=0.0) -> {attribute: prob
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -35,12 +38,15 @@ from cocoattr.allocator import tune_malloc
 tune_malloc()  # first: importing gradio starts a thread, and a thread's first malloc picks its arena
 
 import gradio as gr
+from PIL import Image
 
 from cocoattr import viz
 from cocoattr.data.gallery import gallery_root
 from cocoattr.errors import UserError
 from cocoattr.hub import read_metrics
-from cocoattr.index import GALLERY, Index, open_or_build
+from cocoattr.index import GALLERY, Index, checkpoint_identity, open_or_build
+from cocoattr.index_hub import checkpoint_mismatch, hub_repo
+from cocoattr.index_hub import open_index as open_hub_index
 from cocoattr.predictor import Predictor
 from cocoattr.serving import EMPTY_QUERY, MIN_SCORE, Service
 from cocoattr.vocab import TYPES
@@ -131,6 +137,13 @@ def _concurrency() -> int:
 
 def open_index(predictor: Predictor) -> Index:
     """The index of COCOATTR_IMAGES (default: the gallery) at COCOATTR_INDEX (default: its usual place)."""
+    spec = os.environ.get(ENV_INDEX, "").strip()
+    if spec and hub_repo(spec):  # a pushed index: served as it is, never rebuilt here
+        index = open_hub_index(spec, lambda: open_or_build(predictor, GALLERY, say=log), say=log)
+        why = checkpoint_mismatch(index, checkpoint_identity(predictor.model))
+        if why:
+            log(why)
+        return index
     images = os.environ.get(ENV_IMAGES, "").strip() or GALLERY
     if images != GALLERY and not Path(images).expanduser().is_dir():
         raise UserError(f"{ENV_IMAGES}={images!r}: no such folder")
@@ -313,6 +326,26 @@ def heatmap_tab(s: Service) -> gr.Image:
     return image
 
 
+def _tile_image(h: Any) -> Any:
+    """The hit's file when this machine has it, else the index's thumbnail (a Hub index)."""
+    if h.thumbnail and not h.path.is_file():
+        return Image.open(io.BytesIO(h.thumbnail))
+    return str(h.path)
+
+
+def _tile_caption(h: Any, i: int) -> str:
+    """Why it ranked, then (a COCO index) its ground-truth categories and first caption."""
+    text = (
+        ", ".join(f"{a} {p:.2f}" for a, p in list(h.attributes.items())[:4])
+        + f" · #{i + 1}, score {h.score:.2f}"
+    )
+    if h.categories:
+        text += f" · COCO: {', '.join(h.categories)}"
+    if h.coco_id is not None and h.caption:
+        text += f" · “{h.caption}”"
+    return text
+
+
 def _search_tiles(s: Service, query: str, image: str | None, top_k: float) -> tuple:
     """The Search tab's (gallery tiles, notes) for a query or a query photo."""
     query = (query or "").strip()
@@ -320,14 +353,7 @@ def _search_tiles(s: Service, query: str, image: str | None, top_k: float) -> tu
         gr.Warning(f"Empty query: {EMPTY_QUERY}, or drop a photo.")
         return [], ""
     result = user_errors(s.search)(query if not image else "", int(top_k), image or None)
-    tiles = [
-        (
-            str(h.path),
-            ", ".join(f"{a} {p:.2f}" for a, p in list(h.attributes.items())[:4])
-            + f" · #{i + 1}, score {h.score:.2f}",
-        )
-        for i, h in enumerate(result.hits)
-    ]
+    tiles = [(_tile_image(h), _tile_caption(h, i)) for i, h in enumerate(result.hits)]
     what = "the query photo" if image else f"`{query}`"
     notes = f"{len(result.hits)} of {len(s.index)} images for {what}."
     if result.notes:
@@ -444,7 +470,9 @@ def build_demo(predictor: Predictor | None = None, index: Index | None = None) -
         log(f"index ready: {len(index)} images")
     s = Service(predictor, index, _concurrency())
     gallery_images = gallery_root() / "images"
-    gr.set_static_paths([str(index.root), str(gallery_images)])  # serve results and examples in place
+    gr.set_static_paths(
+        [str(p) for p in (index.root, gallery_images) if p.is_dir()]
+    )  # serve results and examples in place
     examples = [[str(gallery_images / n)] for n in EXAMPLE_NAMES if (gallery_images / n).is_file()]
     with gr.Blocks(title="cocoattr: visual attributes", analytics_enabled=False) as demo:
         gr.Markdown(

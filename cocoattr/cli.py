@@ -173,8 +173,21 @@ def cmd_index(args: argparse.Namespace) -> int:
     """`cocoattr index build`: exit 0, or 1 if some images could not be read (the index is still written)."""
     from cocoattr.index import build_index, save_every_from_env  # numpy + the gallery: ~250 ms
 
-    report = build_index(args.images, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                         save_every=save_every_from_env())  # fmt: skip
+    if (args.images is None) == (args.coco is None):
+        raise UserError(
+            "index build: give --images FOLDER or --coco ROOT (with --split), not both or neither"
+        )
+    writable_file(args.out)
+    if args.coco is not None:
+        from cocoattr.coco_index import build_coco_index
+
+        report, missing = build_coco_index(args.coco, args.split, args.out, checkpoint=args.checkpoint,
+                                           batch_size=args.batch_size, save_every=save_every_from_env())  # fmt: skip
+        if missing:
+            notice(f"{missing} images of {args.split} listed in the annotations are not on disk; left out")
+    else:
+        report = build_index(args.images, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                             save_every=save_every_from_env())  # fmt: skip
     if report.full_rebuild and report.reason != "new index":
         notice(f"full rebuild: {report.reason}")
     notice(
@@ -184,6 +197,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     if report.failed:
         notice(f"{len(report.failed)} images could not be read and are not in the index")
         return 1
+    return 0
+
+
+def cmd_index_push(args: argparse.Namespace) -> int:
+    """`cocoattr index push`: the index as a Hub dataset repo (parquet shards + card); prints the commit."""
+    from cocoattr.index_hub import push_index
+
+    print(push_index(args.index, args.repo, private=args.private))
     return 0
 
 
@@ -238,10 +259,12 @@ def _image_query(words: list[str]) -> Path | None:
 def cmd_search(args: argparse.Namespace) -> int:
     """`cocoattr search`: a table (or --json list) of hits best first; the interpretation goes to stderr."""
     from cocoattr.index import GALLERY, Index, default_index_path  # numpy + the gallery: ~250 ms
+    from cocoattr.index_hub import open_index
     from cocoattr.search import find
 
     _quiet_transformers()
-    index = Index.load(args.index or default_index_path(GALLERY))
+    gallery = default_index_path(GALLERY)
+    index = open_index(args.index or gallery, fallback=lambda: Index.load(gallery))
     if not index.complete:
         notice("this index is incomplete (an interrupted build); run `index build` again to finish it")
     text, image = " ".join(args.query), _image_query(args.query)
@@ -307,10 +330,20 @@ def _add_index_commands(sub: argparse._SubParsersAction) -> None:
     isub = p.add_subparsers(dest="index_command", required=True)
     b = isub.add_parser("build", help="build or update an index")
     _add_checkpoint(b)
-    b.add_argument("--images", required=True, help="folder of images, or 'gallery'")
+    b.add_argument("--images", default=None, help="folder of images, or 'gallery'")
+    b.add_argument("--coco", default=None, help="COCO root (the --root of `data download`): index a split "
+                   "with its captions, categories and thumbnails")  # fmt: skip
+    b.add_argument(
+        "--split", default="val2017", help="with --coco: val2017 (default), train2017, val2014, train2014"
+    )
     b.add_argument("--out", required=True, help="index file to write")
     b.add_argument("--batch-size", type=int, default=16)
     b.set_defaults(func=cmd_index)
+    u = isub.add_parser("push", help="publish an index as a Hugging Face dataset repo (parquet + card)")
+    u.add_argument("--index", required=True, help="index file (from `index build`)")
+    u.add_argument("--repo", required=True, help="USER/NAME of the dataset repo")
+    u.add_argument("--private", action="store_true")
+    u.set_defaults(func=cmd_index_push)
     r = isub.add_parser("recall", help="Recall@K of attribute search on the hand-labelled gallery")
     r.add_argument(
         "--checkpoint", default="default", help="checkpoint to index the gallery with (default: 'default')"
@@ -320,8 +353,8 @@ def _add_index_commands(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_index_recall)
 
     p = sub.add_parser("search", help="search an index with an attribute query")
-    p.add_argument("--index", default=None,
-                   help="index file (default: the bundled gallery's, which `make demo` builds)")  # fmt: skip
+    p.add_argument("--index", default=None, help="index file or hf://datasets/USER/NAME "
+                   "(default: the bundled gallery's, which `make demo` builds)")  # fmt: skip
     p.add_argument("--top-k", type=int, default=10, help="hits to show (default 10)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("query", nargs="+", help="e.g. 'red, furry, -indoor' or 'striped^2 animal' or free text")

@@ -148,3 +148,13 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under `folder` (recursive, sorted): the unit every batch job walks."""
     root = Path(folder)
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def thumbnail_jpeg(source: ImageInput, size: int = 256, quality: int = 85) -> bytes:
+    """A small upright JPEG (longest side `size` px) of `source`, so results can be drawn from an
+    index alone; raises `UserError` like `load_image`."""
+    image = load_image(source, min_side=size)
+    image.thumbnail((size, size), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()

@@ -5,6 +5,7 @@ indexed root, size + mtime (to spot changes), attribute probabilities (float16) 
 contrastive embedding (float32), plus JSON metadata naming the checkpoint (sha256 of its
 model.safetensors + attribute names) and the few checkpoint tensors free-text search needs
 (attribute prompt embeddings, text projection), so searching never loads the image model.
+Optional per image: a JSON record and a JPEG thumbnail (a COCO index, `cocoattr.coco_index`).
 
 Builds are incremental (only new or changed images are run; deleted ones are dropped; a
 different checkpoint or vocabulary means a full rebuild) and crash-safe (partial progress is
@@ -20,7 +21,7 @@ import json
 import os
 import sys
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,9 +31,10 @@ from tqdm import tqdm
 
 from cocoattr.atomic import atomic_write
 from cocoattr.backends import SearchBackend, choose_backend, make_backend
+from cocoattr.columns import pack_bytes, unpack_bytes
 from cocoattr.data.gallery import gallery_root
 from cocoattr.errors import UserError, notice
-from cocoattr.images import list_images, path_inside
+from cocoattr.images import list_images, path_inside, thumbnail_jpeg
 
 if TYPE_CHECKING:
     from cocoattr.predictor import Predictor
@@ -82,6 +84,9 @@ class Index:
     text_proj: tuple[np.ndarray, np.ndarray] | None = None  # (D, 384) weight, (D,) bias
     temperature: float = 0.1
     complete: bool = True
+    records: list[dict] | None = None  # per image: a COCO index's id, file_name, coco_url, captions, ...
+    thumbnails: list[bytes] | None = None  # per image: a small JPEG, so hits draw without the files
+    info: dict = field(default_factory=dict)  # what the image set is: {"kind": "coco", "split": ...}
     _backends: dict = field(default_factory=dict, repr=False, compare=False)
     _columns: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -123,6 +128,7 @@ class Index:
         return {
             "format": FORMAT, "version": VERSION, "root": self.root_spec, "attributes": self.attributes,
             "checkpoint": self.checkpoint, "temperature": self.temperature, "complete": self.complete,
+            "info": self.info,
         }  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> None:
@@ -140,6 +146,11 @@ class Index:
         if self.text_proj is not None:
             arrays["text_proj_weight"] = np.asarray(self.text_proj[0], np.float32)
             arrays["text_proj_bias"] = np.asarray(self.text_proj[1], np.float32)
+        if self.records is not None:
+            blobs = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in self.records]
+            arrays["records"], arrays["record_offsets"] = pack_bytes(blobs)
+        if self.thumbnails is not None:
+            arrays["thumbnails"], arrays["thumbnail_offsets"] = pack_bytes(self.thumbnails)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
@@ -171,11 +182,15 @@ class Index:
             raise UserError(f"{path}: malformed cocoattr index ({type(e).__name__}: {e})") from None
         if not ok:
             raise UserError(f"{path}: malformed cocoattr index (array shapes disagree)")
-        if len(set(index.paths)) != len(index):
-            raise UserError(f"{path}: malformed cocoattr index (duplicate paths)")
-        for rel in index.paths:
-            safe_relative(index.root, rel)
-        return index
+        return index.checked(str(path))
+
+    def checked(self, where: str) -> Index:
+        """This index, after the checks every loader makes (unique paths, none outside the root)."""
+        if len(set(self.paths)) != len(self):
+            raise UserError(f"{where}: malformed cocoattr index (duplicate paths)")
+        for rel in self.paths:
+            safe_relative(self.root, rel)
+        return self
 
     @classmethod
     def _from_arrays(cls, meta: dict, data: dict[str, np.ndarray]) -> tuple[Index, bool]:
@@ -193,11 +208,19 @@ class Index:
             ok = ok and proj[0].shape[0] == emb.shape[1] and proj[1].shape == (emb.shape[1],)
         attr_text = data.get("attribute_text")
         ok = ok and (attr_text is None or attr_text.shape[0] == len(attrs))
+        records = thumbs = None
+        if "records" in data:
+            records = [json.loads(b) for b in unpack_bytes(data["records"], data["record_offsets"])]
+            ok = ok and len(records) == n and all(isinstance(r, dict) for r in records)
+        if "thumbnails" in data:
+            thumbs = unpack_bytes(data["thumbnails"], data["thumbnail_offsets"])
+            ok = ok and len(thumbs) == n
         index = cls(
             root_spec=str(meta["root"]), paths=paths, sizes=data["sizes"], mtimes=data["mtimes"],
             probs=probs, embeddings=emb.astype(np.float32, copy=False), attributes=attrs,
             checkpoint=dict(meta["checkpoint"]), attribute_text=attr_text, text_proj=proj,
             temperature=float(meta.get("temperature", 0.1)), complete=bool(meta.get("complete", True)),
+            records=records, thumbnails=thumbs, info=dict(meta.get("info") or {}),
         )  # fmt: skip
         return index, ok
 
@@ -255,25 +278,32 @@ def _model_extras(model) -> dict:  # noqa: ANN001
     return out
 
 
-def _scan(root: Path) -> dict[str, tuple[int, int]]:
+def _scan(root: Path, only: Collection[str] | None = None) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every image under `root`, or of just the `only` ones that exist there."""
     out = {}
-    for p in list_images(root):
-        st = p.stat()
+    for p in list_images(root) if only is None else (safe_relative(root, rel) for rel in only):
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # a listed file that is not there: `coco_index` reports those
         out[p.relative_to(root).as_posix()] = (int(st.st_size), int(st.st_mtime_ns))
     return out
 
 
-Entry = tuple[int, int, np.ndarray, np.ndarray]  # size, mtime, probs, embedding
+Entry = tuple[int, int, np.ndarray, np.ndarray, bytes | None]  # size, mtime, probs, embedding, thumbnail
 
 
 class _Builder:
     """One build's state: the reusable entries of the old index, the new ones, and snapshots."""
 
-    def __init__(self, spec: str, predictor: Predictor, old: Index | None) -> None:
+    def __init__(self, spec: str, predictor: Predictor, old: Index | None,
+                 records: dict[str, dict] | None = None, thumbnails: bool = False,
+                 info: dict | None = None) -> None:  # fmt: skip
         self.spec, self.old = spec, old
         self.identity = checkpoint_identity(predictor.model)
         self.attributes = list(predictor.attributes)
         self.extras = _model_extras(predictor.model)
+        self.records, self.thumbnails, self.info = records, thumbnails, dict(info or {})
         self.kept: dict[str, Entry] = {}
         self.new: dict[str, Entry] = {}
 
@@ -285,9 +315,22 @@ class _Builder:
                 if rel not in files:
                     report.removed.append(rel)
                 elif files[rel] == (int(old.sizes[i]), int(old.mtimes[i])):
-                    self.kept[rel] = (int(old.sizes[i]), int(old.mtimes[i]), old.probs[i], old.embeddings[i])
+                    thumb = old.thumbnails[i] if old.thumbnails is not None else self.thumb(rel)
+                    size, mtime = int(old.sizes[i]), int(old.mtimes[i])
+                    self.kept[rel] = (size, mtime, old.probs[i], old.embeddings[i], thumb)
         report.reused = len(self.kept)
         return [rel for rel in files if rel not in self.kept]
+
+    def thumb(self, rel: str) -> bytes | None:
+        """The image's thumbnail when this build stores them (None for an unreadable image)."""
+        try:
+            return thumbnail_jpeg(safe_relative(root_of(self.spec), rel)) if self.thumbnails else None
+        except UserError:
+            return None
+
+    def add(self, rel: str, size_mtime: tuple[int, int], result) -> None:  # noqa: ANN001 - a Prediction
+        probs, emb = result.probs.astype(np.float16), result.embedding.astype(np.float32)
+        self.new[rel] = (*size_mtime, probs, emb, self.thumb(rel))
 
     def snapshot(self, complete: bool) -> Index:
         entries = {**self.kept, **self.new}
@@ -305,6 +348,8 @@ class _Builder:
             probs=probs, embeddings=emb, attributes=self.attributes, checkpoint=self.identity,
             attribute_text=self.extras.get("attribute_text"), text_proj=self.extras.get("text_proj"),
             temperature=self.extras["temperature"], complete=complete,
+            records=None if self.records is None else [self.records[r] for r in order],
+            thumbnails=[entries[r][4] or b"" for r in order] if self.thumbnails else None, info=self.info,
         )  # fmt: skip
 
 
@@ -329,8 +374,14 @@ def build_index(
     save_every: int = SAVE_EVERY,
     progress: bool = True,
     on_error: Callable[[str, str], None] | None = None,
+    records: dict[str, dict] | None = None,
+    thumbnails: bool = False,
+    info: dict | None = None,
 ) -> BuildReport:
-    """Create or update the index at `out` for the images under `images` (a folder or 'gallery')."""
+    """Create or update the index at `out` for the images under `images` (a folder or 'gallery').
+
+    `records` (relative path -> JSON-able metadata): index exactly those images (the ones that
+    exist) and store each one's record; `thumbnails`: store a 256 px JPEG per image."""
     spec = image_set(images)
     root = root_of(spec)
     if not root.is_dir():
@@ -340,13 +391,23 @@ def build_index(
     old = (
         Index.load(out) if out.exists() else None
     )  # a file that is not an index is an error, never overwritten
-    builder = _Builder(spec, predictor, old)
+    builder = _Builder(spec, predictor, old, records, thumbnails, info)
     reason = "new index" if old is None else old.incompatible(builder.identity, builder.attributes, spec)
     if reason is not None:
         builder.old = None
     report = BuildReport(index=None, full_rebuild=reason is not None, reason=reason or "")  # type: ignore[arg-type]
-    files = _scan(root)
+    files = _scan(root, None if records is None else list(records))
     todo = builder.reuse(files, report)
+    _run(builder, predictor, root, todo, files, out, report, save_every, progress, on_error)
+    report.index = builder.snapshot(complete=True)
+    report.index.save(out)
+    return report
+
+
+def _run(builder: _Builder, predictor: Predictor, root: Path, todo: list[str],
+         files: dict[str, tuple[int, int]], out: Path, report: BuildReport, save_every: int,
+         progress: bool, on_error: Callable[[str, str], None] | None) -> None:  # fmt: skip
+    """Run the model over `todo`, saving partial progress every `save_every` images and on the way out."""
     since_save = 0
     bar = tqdm(
         total=len(todo), unit="img", desc="indexing", disable=not progress or not todo, file=sys.stderr
@@ -361,13 +422,7 @@ def build_index(
                     rel, str(result)
                 )
                 continue
-            size, mtime = files[rel]
-            builder.new[rel] = (
-                size,
-                mtime,
-                result.probs.astype(np.float16),
-                result.embedding.astype(np.float32),
-            )
+            builder.add(rel, files[rel], result)
             report.computed.append(rel)
             since_save += 1
             if since_save >= save_every:
@@ -379,9 +434,6 @@ def build_index(
         raise
     finally:
         bar.close()
-    report.index = builder.snapshot(complete=True)
-    report.index.save(out)
-    return report
 
 
 def save_every_from_env() -> int:

@@ -39,14 +39,26 @@ class Hit:
     score: float
     attributes: dict[str, float]  # matched term -> p (or 1 - p for "-term"), in query order
     text_similarity: float | None = None  # cosine to the free text or the query photo
-    caption: str = ""  # the gallery's first caption for the image; other image sets have none
+    caption: str = ""  # the first caption (the gallery's, or a COCO index's); other image sets have none
+    coco_id: int | None = None  # a COCO index's image id, URL, captions and ground-truth categories
+    coco_url: str = ""
+    captions: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    thumbnail: bytes | None = field(default=None, repr=False)  # JPEG, when the index stores them
+
+    def coco(self) -> dict:
+        """The COCO fields of a row, when the hit comes from a COCO index."""
+        if self.coco_id is None:
+            return {}
+        return {"coco_id": self.coco_id, "coco_url": self.coco_url, "captions": self.captions,
+                "categories": self.categories}  # fmt: skip
 
     def to_json(self) -> dict:
         """The CLI's `search --json` row."""
         out = {"image": str(self.path), "score": round(self.score, 5), "attributes": self.attributes}
         if self.text_similarity is not None:
             out["text_similarity"] = round(self.text_similarity, 5)
-        return out
+        return out | self.coco()
 
     def to_api(self, rank: int) -> dict:
         """The app's /search row."""
@@ -56,7 +68,7 @@ class Hit:
             "score": round(self.score, 4),
             "matched": [{"attribute": a, "probability": round(p, 4)} for a, p in self.attributes.items()],
             "caption": self.caption,
-        }
+        } | self.coco()
 
 
 @dataclass
@@ -76,8 +88,15 @@ def captions(root_spec: str) -> dict[str, str]:
 
 
 def _hit(index: Index, i: int, score: float, attributes: dict[str, float], sim: float | None) -> Hit:
-    caption = captions(index.root_spec).get(Path(index.paths[i]).name, "")
-    return Hit(index.paths[i], index.path(i), score, attributes, sim, caption)
+    thumb = index.thumbnails[i] if index.thumbnails is not None else None
+    rec = index.records[i] if index.records is not None else {}
+    caps = [str(c) for c in rec.get("captions") or []]
+    caption = caps[0] if caps else captions(index.root_spec).get(Path(index.paths[i]).name, "")
+    coco_id = rec.get("coco_id")
+    return Hit(index.paths[i], index.path(i), score, attributes, sim, caption,
+               coco_id=None if coco_id is None else int(coco_id), coco_url=str(rec.get("coco_url") or ""),
+               captions=caps, categories=[str(c) for c in rec.get("categories") or []],
+               thumbnail=thumb or None)  # fmt: skip
 
 
 def embed_free_text(index: Index, text: str) -> np.ndarray:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
+import re
 import shutil
 import socket
 import struct
+import subprocess
+import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -212,3 +221,165 @@ def real_index(tmp_path_factory: pytest.TempPathFactory, default_checkpoint: Pat
 
 
 # ============================================================================ end of index fixtures
+
+
+# ============================================================================ fake Hub fixtures
+# Used by tests/test_hub.py (model repos) and tests/test_coco_index.py (dataset repos): the real
+# huggingface_hub code paths (snapshot_download, create_repo, upload_folder) against a local
+# stand-in for the Hub on 127.0.0.1. The CLI runs in a subprocess with HF_ENDPOINT set, because
+# huggingface_hub reads its endpoint once, at import time.
+
+
+class FakeHub:
+    """Just enough of the Hub's HTTP API for snapshot_download and upload_folder (regular uploads),
+    for model repos (`repos`) and dataset repos (`datasets`)."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.datasets: dict[str, dict[str, bytes]] = {}
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+        self.url = ""
+
+    def store(self, kind: str | None) -> dict[str, dict[str, bytes]]:
+        return self.datasets if kind in ("datasets", "dataset") else self.repos
+
+    def sha(self, files: dict[str, bytes]) -> str:
+        h = hashlib.sha1()
+        for name, data in sorted(files.items()):
+            h.update(name.encode() + hashlib.sha1(data).digest())
+        return h.hexdigest()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _fake_hub_handler(self)
+
+
+def _fake_hub_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:  # noqa: C901 - one small HTTP API
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False):
+            self.send_response(status)
+            for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def send_json(self, obj, status: int = 200) -> None:
+            self.send(status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+
+        def not_found(self, code: str = "RepoNotFound", head: bool = False) -> None:
+            body = json.dumps({"error": f"{code}"}).encode()
+            self.send(404, body, {"X-Error-Code": code, "X-Error-Message": code,
+                                  "Content-Type": "application/json"}, head)  # fmt: skip
+
+        def route(self, head: bool = False) -> None:
+            path = unquote(urlparse(self.path).path)
+            with hub.lock:
+                hub.requests.append(f"{self.command} {path}")
+            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?", path)
+            if m:
+                kind, repo = m.group(1), m.group(2)
+                if repo not in hub.store(kind):
+                    return self.not_found()
+                files = hub.store(kind)[repo]
+                if m.group(3) == "revision":
+                    return self.send_json({"id": repo, "modelId": repo, "sha": hub.sha(files), "private": False,
+                                           "siblings": [{"rfilename": f} for f in sorted(files)]})  # fmt: skip
+                return self.send_json([
+                    {"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                    for f, d in sorted(files.items())
+                ])  # fmt: skip
+            m = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+            if m:
+                store, repo, _, name = (
+                    hub.store(m.group(1) and "datasets"),
+                    m.group(2),
+                    m.group(3),
+                    m.group(4),
+                )
+                if repo not in store:
+                    return self.not_found(head=head)
+                if name not in store[repo]:
+                    return self.not_found("EntryNotFound", head=head)
+                data = store[repo][name]
+                headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": hub.sha(store[repo]),
+                           "Content-Type": "application/octet-stream"}  # fmt: skip
+                return self.send(200, data, headers, head)
+            self.send(404, b"", head=head)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.route(head=True)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.route()
+
+        def do_POST(self) -> None:  # noqa: N802
+            path = unquote(urlparse(self.path).path)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with hub.lock:
+                hub.requests.append(f"POST {path}")
+            if path == "/api/validate-yaml":  # card metadata check before a README upload
+                return self.send_json({"errors": [], "warnings": []})
+            if path == "/api/repos/create":
+                payload = json.loads(body)
+                repo = f"{payload.get('organization') or 'user'}/{payload['name']}"
+                if "/" in payload["name"]:
+                    repo = payload["name"]
+                with hub.lock:
+                    hub.store(payload.get("type")).setdefault(repo, {})
+                return self.send_json({"url": f"http://{self.headers['Host']}/{repo}", "name": repo})
+            m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/(preupload|commit)/([^/]+)", path)
+            if not m or m.group(2) not in hub.store(m.group(1)):
+                return self.not_found()
+            files = hub.store(m.group(1))[m.group(2)]
+            if m.group(3) == "preupload":
+                listed = json.loads(body)["files"]
+                return self.send_json({"files": [{"path": f["path"], "uploadMode": "regular",
+                                                  "shouldIgnore": False} for f in listed]})  # fmt: skip
+            with hub.lock:
+                for line in body.splitlines():
+                    item = json.loads(line)
+                    if item["key"] == "file":
+                        files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                sha = hub.sha(files)
+            host = self.headers["Host"]
+            return self.send_json({"commitUrl": f"http://{host}/{m.group(2)}/commit/{sha}", "commitOid": sha})
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def fake_hub() -> Iterator[FakeHub]:
+    """An empty FakeHub serving on 127.0.0.1:<free port> (`.url`) for one test module."""
+    fake = FakeHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+def _hub_cli(args: list[str], endpoint: str, home: Path, **env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "COCOATTR_"))}
+    clean.update(HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"),
+                 HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_ETAG_TIMEOUT="5",
+                 HF_HUB_DOWNLOAD_TIMEOUT="10", **env)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "cocoattr", *args], capture_output=True, text=True,
+                          env=clean, cwd=Path(__file__).resolve().parent.parent, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def hub_cli():
+    """`hub_cli(args, endpoint, hf_home, **env)`: `python -m cocoattr ARGS` in a subprocess with
+    HF_ENDPOINT=endpoint and a private HF cache under hf_home (no HF_/COCOATTR_ variables leak in)."""
+    return _hub_cli
+
+
+# ============================================================================ end of fake Hub fixtures

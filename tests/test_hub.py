@@ -4,18 +4,10 @@ huggingface_hub reads its endpoint once, at import time."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
-import re
 import shutil
 import subprocess
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -25,126 +17,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE = REPO_ROOT / "cocoattr" / "gallery" / "images" / "gradio_lion.jpg"
 
 
-class FakeHub:
-    """Just enough of the Hub's HTTP API for snapshot_download and upload_folder (regular uploads)."""
-
-    def __init__(self) -> None:
-        self.repos: dict[str, dict[str, bytes]] = {}
-        self.requests: list[str] = []
-        self.lock = threading.Lock()
-
-    def sha(self, repo: str) -> str:
-        h = hashlib.sha1()
-        for name, data in sorted(self.repos[repo].items()):
-            h.update(name.encode() + hashlib.sha1(data).digest())
-        return h.hexdigest()
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False):
-                self.send_response(status)
-                for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def send_json(self, obj, status: int = 200) -> None:
-                self.send(status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
-
-            def not_found(self, code: str = "RepoNotFound", head: bool = False) -> None:
-                body = json.dumps({"error": f"{code}"}).encode()
-                self.send(404, body, {"X-Error-Code": code, "X-Error-Message": code,
-                                      "Content-Type": "application/json"}, head)  # fmt: skip
-
-            def route(self, head: bool = False) -> None:
-                path = unquote(urlparse(self.path).path)
-                with hub.lock:
-                    hub.requests.append(f"{self.command} {path}")
-                m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?", path)
-                if m:
-                    repo = m.group(1)
-                    if repo not in hub.repos:
-                        return self.not_found()
-                    files = hub.repos[repo]
-                    if m.group(2) == "revision":
-                        return self.send_json({"id": repo, "modelId": repo, "sha": hub.sha(repo), "private": False,
-                                               "siblings": [{"rfilename": f} for f in sorted(files)]})  # fmt: skip
-                    return self.send_json([
-                        {"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
-                        for f, d in sorted(files.items())
-                    ])  # fmt: skip
-                m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-                if m:
-                    repo, _, name = m.groups()
-                    if repo not in hub.repos:
-                        return self.not_found(head=head)
-                    if name not in hub.repos[repo]:
-                        return self.not_found("EntryNotFound", head=head)
-                    data = hub.repos[repo][name]
-                    headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": hub.sha(repo),
-                               "Content-Type": "application/octet-stream"}  # fmt: skip
-                    return self.send(200, data, headers, head)
-                self.send(404, b"", head=head)
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                self.route(head=True)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self.route()
-
-            def do_POST(self) -> None:  # noqa: N802
-                path = unquote(urlparse(self.path).path)
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with hub.lock:
-                    hub.requests.append(f"POST {path}")
-                if path == "/api/validate-yaml":  # model card metadata check before a README upload
-                    return self.send_json({"errors": [], "warnings": []})
-                if path == "/api/repos/create":
-                    payload = json.loads(body)
-                    repo = f"{payload.get('organization') or 'user'}/{payload['name']}"
-                    if "/" in payload["name"]:
-                        repo = payload["name"]
-                    with hub.lock:
-                        hub.repos.setdefault(repo, {})
-                    return self.send_json({"url": f"http://{self.headers['Host']}/{repo}", "name": repo})
-                m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/([^/]+)", path)
-                if not m or m.group(1) not in hub.repos:
-                    return self.not_found()
-                repo = m.group(1)
-                if m.group(2) == "preupload":
-                    files = json.loads(body)["files"]
-                    return self.send_json({"files": [{"path": f["path"], "uploadMode": "regular",
-                                                      "shouldIgnore": False} for f in files]})  # fmt: skip
-                with hub.lock:
-                    for line in body.splitlines():
-                        item = json.loads(line)
-                        if item["key"] == "file":
-                            hub.repos[repo][item["value"]["path"]] = base64.b64decode(
-                                item["value"]["content"]
-                            )
-                    sha = hub.sha(repo)
-                host = self.headers["Host"]
-                return self.send_json({"commitUrl": f"http://{host}/{repo}/commit/{sha}", "commitOid": sha})
-
-        return Handler
-
-
 @pytest.fixture(scope="module")
 def checkpoint(default_checkpoint) -> Path:
     return default_checkpoint
 
 
 @pytest.fixture(scope="module")
-def hub(checkpoint):
-    fake = FakeHub()
+def hub(checkpoint, fake_hub):
+    fake = fake_hub
     files = {n: (checkpoint / n).read_bytes() for n in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)}
     fake.repos["user/good"] = dict(files)
     weights = files[WEIGHTS_NAME]
@@ -155,22 +35,13 @@ def hub(checkpoint):
         config["attribute_types"][:-1],
     )
     fake.repos["user/mismatch"] = {**files, CONFIG_NAME: json.dumps(config).encode()}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield fake
-    server.shutdown()
-    server.server_close()
+    return fake
 
 
-def run_cli(args: list[str], endpoint: str, home: Path, **env) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "COCOATTR_"))}
-    clean.update(HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"),
-                 HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_ETAG_TIMEOUT="5",
-                 HF_HUB_DOWNLOAD_TIMEOUT="10", **env)  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "cocoattr", *args], capture_output=True, text=True,
-                          env=clean, cwd=REPO_ROOT, timeout=300)  # fmt: skip
+@pytest.fixture(scope="module")
+def run_cli(hub_cli):
+    """conftest's `hub_cli`: the CLI in a subprocess against an endpoint, with a private HF cache."""
+    return hub_cli
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -189,7 +60,7 @@ def predict_json(proc: subprocess.CompletedProcess) -> dict:
     return out[0]["attributes"]
 
 
-def test_download_then_offline_from_cache(hub, tmp_path):
+def test_download_then_offline_from_cache(hub, tmp_path, run_cli):
     home = tmp_path / "hf"
     first = predict_json(
         run_cli(["predict", "--checkpoint", "user/good", "--json", str(IMAGE)], hub.url, home)
@@ -208,14 +79,14 @@ def test_download_then_offline_from_cache(hub, tmp_path):
     assert len(hub.requests) == n  # served from the cache: no request reached the "Hub"
 
 
-def test_offline_without_cache_is_one_line_error(hub, tmp_path):
+def test_offline_without_cache_is_one_line_error(hub, tmp_path, run_cli):
     proc = run_cli(
         ["predict", "--checkpoint", "user/good", str(IMAGE)], hub.url, tmp_path / "hf", HF_HUB_OFFLINE="1"
     )
     assert "not cached" in one_line_error(proc)
 
 
-def test_unreachable_implicit_default_falls_back_to_embedded(hub, tmp_path, checkpoint):
+def test_unreachable_implicit_default_falls_back_to_embedded(hub, tmp_path, checkpoint, run_cli):
     with_port_closed = "http://127.0.0.1:9"  # discard port: nothing listens there
     proc = run_cli(["predict", "--json", str(IMAGE)], with_port_closed, tmp_path / "hf")
     predict_json(proc)
@@ -227,22 +98,22 @@ def test_unreachable_implicit_default_falls_back_to_embedded(hub, tmp_path, chec
     assert "embedded zero-shot default" in proc.stderr
 
 
-def test_explicit_unknown_repo_is_one_line_error(hub, tmp_path):
+def test_explicit_unknown_repo_is_one_line_error(hub, tmp_path, run_cli):
     proc = run_cli(["predict", "--checkpoint", "user/nope", str(IMAGE)], hub.url, tmp_path / "hf")
     assert "'user/nope' not found" in one_line_error(proc)
 
 
-def test_truncated_weights_are_one_line_error(hub, tmp_path):
+def test_truncated_weights_are_one_line_error(hub, tmp_path, run_cli):
     proc = run_cli(["predict", "--checkpoint", "user/truncated", str(IMAGE)], hub.url, tmp_path / "hf")
     assert "truncated or corrupt" in one_line_error(proc)
 
 
-def test_config_disagreeing_with_tensors_is_one_line_error(hub, tmp_path):
+def test_config_disagreeing_with_tensors_is_one_line_error(hub, tmp_path, run_cli):
     proc = run_cli(["predict", "--checkpoint", "user/mismatch", str(IMAGE)], hub.url, tmp_path / "hf")
     assert "disagrees with model.safetensors" in one_line_error(proc)
 
 
-def test_push_then_download(hub, tmp_path, checkpoint):
+def test_push_then_download(hub, tmp_path, checkpoint, run_cli):
     folder = tmp_path / "ckpt"
     shutil.copytree(checkpoint, folder)
     proc = run_cli(["push", "--checkpoint", str(folder), "--repo", "user/pushed"], hub.url, tmp_path / "hf",
