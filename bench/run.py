@@ -124,6 +124,40 @@ def load_predictor(tmp: Path):
 # ----------------------------------------------------------------------------- 1. predict
 
 
+class _Bodies(torch.nn.Module):
+    """The bare CNN bodies of a FeatureGrid: ImageNet backbone features and the detector."""
+
+    def __init__(self, grid: torch.nn.Module) -> None:
+        super().__init__()
+        self.grid = grid.eval()
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats = self.grid.body(x)
+        if self.grid.detector is None:
+            return (feats,)
+        d = self.grid.detect(x)
+        return (feats, *d.scores, *d.distributions)
+
+
+def bodies_session(model, threads: int):  # noqa: ANN001, ANN201
+    """onnxruntime running only the bare CNN bodies, with the engine's session settings."""
+    import io
+
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    x = torch.zeros(2, 3, model.image_size, model.image_size)
+    with torch.no_grad():
+        torch.onnx.export(_Bodies(model.backbone), (x,), buffer, input_names=["images"], opset_version=17,
+                          dynamic_axes={"images": {0: "batch"}}, dynamo=False)  # fmt: skip
+    model.eval()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+
 def _predict_batch(pred, fast, files: list[Path], batch: int, quick: bool, eager_predict) -> dict:  # noqa: ANN001
     from cocoattr.images import load_image
     from cocoattr.transforms import normalize
