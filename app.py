@@ -12,6 +12,7 @@ Environment:
                          offline to the embedded zero-shot default)
     COCOATTR_IMAGES      folder of images to search (default: the bundled gallery)
     COCOATTR_INDEX       index file for those images (built at start-up when missing)
+    COCOATTR_DEVICE      'cpu' (onnxruntime, default) or 'cuda' (PyTorch)
     COCOATTR_CONCURRENCY how many requests run at once (default 2; CPU-bound work)
 
 API (gradio_client): /predict(image, top_k=0, threshold=0.0) -> {attribute: probability},
@@ -45,6 +46,7 @@ from cocoattr.serving import EMPTY_QUERY, Service
 from cocoattr.vocab import TYPES
 
 ENV_INDEX = "COCOATTR_INDEX"
+ENV_DEVICE = "COCOATTR_DEVICE"
 ENV_IMAGES = "COCOATTR_IMAGES"
 ENV_CONCURRENCY = "COCOATTR_CONCURRENCY"
 EXAMPLE_NAMES = (
@@ -411,7 +413,7 @@ def build_demo(predictor: Predictor | None = None, index: Index | None = None) -
     """The whole app. Tests inject a predictor / index; a Space builds both here, once."""
     if predictor is None:
         log("loading the checkpoint")
-        predictor = Predictor.from_checkpoint(None)
+        predictor = Predictor.from_checkpoint(None, device=os.environ.get(ENV_DEVICE, "cpu"))
         log(f"loaded {getattr(predictor.model, 'source', '?')} ({predictor.model.kind})")
     if index is None:
         log("opening the search index")

@@ -5,6 +5,7 @@ channels_last copy) against onnxruntime, in one process, interleaved, medians.
     .venv/bin/python bench/engine_ab.py [REV]   (REV: a commit before the engine; default 106b139)
 """
 
+# ruff: noqa: B023 - each lambda runs inside its own loop iteration (interleave)
 from __future__ import annotations
 
 import copy
@@ -21,7 +22,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
-
 from run import GALLERY_DIR, bodies_session, interleave  # noqa: E402
 
 

@@ -55,10 +55,15 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu",
+                   help="'cpu' (onnxruntime, the default) or 'cuda' / 'cuda:N' (PyTorch)")  # fmt: skip
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from cocoattr.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+    predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size, device=args.device)
     names = predictor.attributes
     results, failed = [], 0
     for path, result in predictor.predict_files(args.images):
@@ -87,7 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cocoattr.evaluation import evaluate_checkpoint, format_table
 
     out = writable_file(args.out) if args.out else None
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline)
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline, device=args.device)
     print(format_table(result))
     if out is not None:
         atomic_write_json(out, result)
@@ -132,7 +137,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from cocoattr.index import build_index, save_every_from_env  # numpy + the gallery: ~250 ms
 
     report = build_index(args.images, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                         save_every=save_every_from_env())  # fmt: skip
+                         save_every=save_every_from_env(), device=args.device)  # fmt: skip
     if report.full_rebuild and report.reason != "new index":
         notice(f"full rebuild: {report.reason}")
     notice(
@@ -268,6 +273,7 @@ def _add_index_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--images", required=True, help="folder of images, or 'gallery'")
     b.add_argument("--out", required=True, help="index file to write")
     b.add_argument("--batch-size", type=int, default=16)
+    _add_device(b)
     b.set_defaults(func=cmd_index)
     r = isub.add_parser("recall", help="Recall@K of attribute search on the hand-labelled gallery")
     r.add_argument(
@@ -298,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10, help="rows per image in the table (default 10)")
     p.add_argument("--json", action="store_true", help="print every attribute's probability as JSON")
     p.add_argument("--batch-size", type=int, default=16)
+    _add_device(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set")
@@ -308,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", action="store_true", help="also score the class-posterior-averaging baseline"
     )
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    _add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("build-default", help="build the embedded zero-shot default checkpoint")

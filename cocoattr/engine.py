@@ -19,6 +19,8 @@ hand-written torch rewrites for those are gone (bench/README.md has the figures)
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import os
 import tempfile
@@ -35,11 +37,22 @@ from cocoattr.model import AttributeModel, AttributeOutput
 from cocoattr.tfjs import cache_root
 
 ONNX_NAME = "model.onnx"
+SPINNING = os.environ.get("COCOATTR_ORT_SPINNING", "0")  # "1": onnxruntime's default
 OPSET = 17
-GRAPH_VERSION = "1"  # bump when the graph's inputs or outputs change: old caches are re-exported
+# the code that defines the graph: a graph exported by other code is exported again, not served
+GRAPH_SOURCES = ("engine.py", "inference.py", "model.py", "features.py", "detector.py", "backbones.py")
 META_SHA, META_VERSION, META_OPSET = "cocoattr.weights_sha256", "cocoattr.graph_version", "cocoattr.opset"
 HEAD_OUTPUTS = ("logits", "maps", "embedding", "tokens")
 _ignored_notices: set[str] = set()
+
+
+@functools.cache
+def graph_version() -> str:
+    """Hash of the files that define the exported graph (GRAPH_SOURCES) and the torch version."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in GRAPH_SOURCES:
+        digest.update((Path(__file__).resolve().parent / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class ServingGraph(nn.Module):
@@ -78,7 +91,7 @@ def export_onnx(model: AttributeModel, f: str | os.PathLike | io.BytesIO, weight
             dynamic_axes={name: {0: "batch"} for name in ["images", *names]}, dynamo=False,
         )  # fmt: skip
     proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in ((META_SHA, weights_sha256), (META_VERSION, GRAPH_VERSION), (META_OPSET, str(OPSET))):
+    for key, value in ((META_SHA, weights_sha256), (META_VERSION, graph_version()), (META_OPSET, str(OPSET))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     data = proto.SerializeToString()
@@ -103,9 +116,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props if p.key.startswith("cocoattr.")}
 
 
-def _valid(path: Path, sha: str) -> bool:
-    meta = read_metadata(path)
-    return meta.get(META_SHA) == sha and meta.get(META_VERSION) == GRAPH_VERSION
+def onnx_is_for(path: str | os.PathLike, sha: str) -> bool:
+    """Whether the ONNX file at `path` is this code's graph of the weights with hash `sha`."""
+    meta = read_metadata(path) if Path(path).is_file() else {}
+    return meta.get(META_SHA) == sha and meta.get(META_VERSION) == graph_version()
 
 
 def onnx_file(model: AttributeModel) -> Path | None:
@@ -117,13 +131,13 @@ def onnx_file(model: AttributeModel) -> Path | None:
     source = getattr(model, "source", None)
     if source and (Path(source) / ONNX_NAME).is_file():
         shipped = Path(source) / ONNX_NAME
-        if _valid(shipped, sha):
+        if onnx_is_for(shipped, sha):
             return shipped
         if str(shipped) not in _ignored_notices:
             _ignored_notices.add(str(shipped))
             notice(f"{shipped}: made for other weights or an older graph; ignored (using the cache)")
     cached = cache_root() / "onnx" / f"{sha}.onnx"
-    if not (cached.is_file() and _valid(cached, sha)):
+    if not onnx_is_for(cached, sha):
         export_onnx(model, cached, sha)
     return cached
 
@@ -165,6 +179,9 @@ class OnnxEngine:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # idle intra-op threads sleep instead of spinning: spinning took the cores from the
+            # decode threads and torch's box decoding between runs (bench/README.md)
+            options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
             path = onnx_file(self.model) if self._key is None else None
             source = str(path) if path is not None else _in_memory(self.model, key)
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -309,14 +309,14 @@ class _Builder:
 
 
 def _predictor(
-    predictor: Predictor | None, checkpoint: str | os.PathLike | None, batch_size: int
+    predictor: Predictor | None, checkpoint: str | os.PathLike | None, batch_size: int, device: str = "cpu"
 ) -> Predictor:
     if predictor is not None:
         return predictor
     # Lazy: the predictor imports torch (seconds); loading or searching an index needs neither.
     from cocoattr.predictor import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, batch_size=batch_size)
+    return Predictor.from_checkpoint(checkpoint, batch_size=batch_size, device=device)
 
 
 def build_index(
@@ -329,6 +329,7 @@ def build_index(
     save_every: int = SAVE_EVERY,
     progress: bool = True,
     on_error: Callable[[str, str], None] | None = None,
+    device: str = "cpu",
 ) -> BuildReport:
     """Create or update the index at `out` for the images under `images` (a folder or 'gallery')."""
     spec = image_set(images)
@@ -336,7 +337,7 @@ def build_index(
     if not root.is_dir():
         raise UserError(f"{images}: not a folder of images")
     out = Path(out)
-    predictor = _predictor(predictor, checkpoint, batch_size)
+    predictor = _predictor(predictor, checkpoint, batch_size, device)
     old = (
         Index.load(out) if out.exists() else None
     )  # a file that is not an index is an error, never overwritten

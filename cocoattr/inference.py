@@ -159,12 +159,16 @@ def objects_from(head: InferenceModel, tokens: torch.Tensor, h: int, w: int, det
                  size: int, score_threshold: float, max_objects: int) -> list[ObjectsOutput]:  # fmt: skip
     """Per image: the detector's boxes after NMS and each box's logits, from the head restricted
     to the grid cells inside it (`box_masks`) over the image's `tokens` (B, h*w, d)."""
+    head._refresh()
     boxes, scores = decode_boxes(detections, input_size=size)
     found = []
     for i in range(len(tokens)):
         d = nms(boxes[i], scores[i], score_threshold, iou_threshold=0.6, max_detections=max_objects)
         rel = d.boxes / size
         masks = box_masks(rel, h, w)
-        logits = head._head(tokens[i : i + 1].expand(len(masks), -1, -1), h, w, masks).logits
+        if len(masks):
+            logits = head._head(tokens[i : i + 1].expand(len(masks), -1, -1), h, w, masks).logits
+        else:  # nothing detected: no objects (the head cannot reshape an empty batch)
+            logits = tokens.new_zeros((0, head.model.num_attributes))
         found.append(ObjectsOutput(rel, d.scores, d.labels, logits))
     return found

@@ -19,9 +19,9 @@ from PIL import Image
 
 from cocoattr.checkpoints import load_model
 from cocoattr.detector import COCO80
+from cocoattr.engine import serving_engine
 from cocoattr.errors import UserError
 from cocoattr.images import ImageInput, load_image
-from cocoattr.engine import serving_engine
 from cocoattr.model import AttributeModel, AttributeOutput
 from cocoattr.transforms import normalize, preprocess, resize_rgb
 
