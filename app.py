@@ -14,6 +14,7 @@ Environment:
     COCOATTR_INDEX       index file for those images (built at start-up when missing), or
                          hf://datasets/USER/NAME: a pushed index (`cocoattr index push`), downloaded
                          once into the HF cache; offline without a cache, the bundled gallery
+    COCOATTR_DEVICE      'cpu' (onnxruntime, default) or 'cuda' (PyTorch)
     COCOATTR_CONCURRENCY how many requests run at once (default 2; CPU-bound work)
 
 API (gradio_client): /predict(image, top_k=0, threshold=0.0) -> {attribute: probability},
@@ -24,7 +25,6 @@ API (gradio_client): /predict(image, top_k=0, threshold=0.0) -> {attribute: prob
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import time
@@ -38,20 +38,18 @@ from cocoattr.allocator import tune_malloc
 tune_malloc()  # first: importing gradio starts a thread, and a thread's first malloc picks its arena
 
 import gradio as gr
-from PIL import Image
 
 from cocoattr import viz
 from cocoattr.data.gallery import gallery_root
 from cocoattr.errors import UserError
-from cocoattr.hub import read_metrics
 from cocoattr.index import GALLERY, Index, checkpoint_identity, open_or_build
 from cocoattr.index_hub import checkpoint_mismatch, hub_repo
 from cocoattr.index_hub import open_index as open_hub_index
 from cocoattr.predictor import Predictor
-from cocoattr.serving import EMPTY_QUERY, MIN_SCORE, Service
-from cocoattr.vocab import TYPES
+from cocoattr.serving import EMPTY_QUERY, MIN_SCORE, Service, about_text, search_tile
 
 ENV_INDEX = "COCOATTR_INDEX"
+ENV_DEVICE = "COCOATTR_DEVICE"
 ENV_IMAGES = "COCOATTR_IMAGES"
 ENV_CONCURRENCY = "COCOATTR_CONCURRENCY"
 EXAMPLE_NAMES = (
@@ -326,26 +324,6 @@ def heatmap_tab(s: Service) -> gr.Image:
     return image
 
 
-def _tile_image(h: Any) -> Any:
-    """The hit's file when this machine has it, else the index's thumbnail (a Hub index)."""
-    if h.thumbnail and not h.path.is_file():
-        return Image.open(io.BytesIO(h.thumbnail))
-    return str(h.path)
-
-
-def _tile_caption(h: Any, i: int) -> str:
-    """Why it ranked, then (a COCO index) its ground-truth categories and first caption."""
-    text = (
-        ", ".join(f"{a} {p:.2f}" for a, p in list(h.attributes.items())[:4])
-        + f" · #{i + 1}, score {h.score:.2f}"
-    )
-    if h.categories:
-        text += f" · COCO: {', '.join(h.categories)}"
-    if h.coco_id is not None and h.caption:
-        text += f" · “{h.caption}”"
-    return text
-
-
 def _search_tiles(s: Service, query: str, image: str | None, top_k: float) -> tuple:
     """The Search tab's (gallery tiles, notes) for a query or a query photo."""
     query = (query or "").strip()
@@ -353,7 +331,7 @@ def _search_tiles(s: Service, query: str, image: str | None, top_k: float) -> tu
         gr.Warning(f"Empty query: {EMPTY_QUERY}, or drop a photo.")
         return [], ""
     result = user_errors(s.search)(query if not image else "", int(top_k), image or None)
-    tiles = [(_tile_image(h), _tile_caption(h, i)) for i, h in enumerate(result.hits)]
+    tiles = [search_tile(h, i) for i, h in enumerate(result.hits)]
     what = "the query photo" if image else f"`{query}`"
     notes = f"{len(result.hits)} of {len(s.index)} images for {what}."
     if result.notes:
@@ -415,41 +393,6 @@ def search_tab(s: Service) -> None:
 # --------------------------------------------------------------------------- about
 
 
-def about_text(predictor: Predictor, index: Index) -> str:
-    """Markdown for the About panel: which model, how big its vocabulary, its metrics if any."""
-    model = predictor.model
-    source = Path(getattr(model, "source", "") or "")
-    kind = getattr(model, "kind", "trained")
-    counts = {t: predictor.attribute_types.count(t) for t in TYPES if t in predictor.attribute_types}
-    lines = [
-        f"**Checkpoint:** `{source.name or source}` "
-        f"({'embedded default, ' if source.name == 'default' else ''}{kind} model)  ",
-        f"**Location:** `{source}`  ",
-    ]
-    if kind == "zero-shot":
-        lines.append(
-            "> This is a **zero-shot** model: it was built from ImageNet classes and text, with no attribute "
-            "labels. Expect sensible top attributes but rough probabilities; load a trained checkpoint "
-            "(`COCOATTR_CHECKPOINT`) for real accuracy."
-        )
-    if getattr(model, "description", ""):
-        lines += ["", model.description]
-    images = "the bundled gallery" if index.root_spec == GALLERY else index.root_spec
-    lines += [
-        "",
-        f"**Vocabulary:** {len(predictor.attributes)} attributes in {len(counts)} types ("
-        + ", ".join(f"{t} {n}" for t, n in counts.items())
-        + ")  ",
-        f"**Search index:** {len(index)} images from `{images}`",
-    ]
-    metrics, where = read_metrics(source) if str(source) else ({}, "")
-    if not metrics:
-        return "\n".join(lines + ["", "No metrics recorded for this checkpoint."])
-    lines += ["", f"**Metrics** ({where}):", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-    return "\n".join(lines)
-
-
 def about_panel(predictor: Predictor, index: Index) -> None:
     with gr.Accordion("About this model", open=False):
         gr.Markdown(about_text(predictor, index))
@@ -462,7 +405,7 @@ def build_demo(predictor: Predictor | None = None, index: Index | None = None) -
     """The whole app. Tests inject a predictor / index; a Space builds both here, once."""
     if predictor is None:
         log("loading the checkpoint")
-        predictor = Predictor.from_checkpoint(None)
+        predictor = Predictor.from_checkpoint(None, device=os.environ.get(ENV_DEVICE, "cpu"))
         log(f"loaded {getattr(predictor.model, 'source', '?')} ({predictor.model.kind})")
     if index is None:
         log("opening the search index")

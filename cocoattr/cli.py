@@ -89,10 +89,15 @@ def _print_prediction(path: str, probs: dict[str, float], objects: list[dict] | 
         print(f"  [{o['category']} {o['score']:.2f}]  box {box}  {top}")
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu",
+                   help="'cpu' (onnxruntime, the default) or 'cuda' / 'cuda:N' (PyTorch)")  # fmt: skip
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from cocoattr.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+    predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size, device=args.device)
     if args.objects and not predictor.has_detector:
         raise UserError("this checkpoint has no object detector; --objects needs one (the default has it)")
     names = predictor.attributes
@@ -129,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cocoattr.evaluation import evaluate_checkpoint, format_table
 
     out = writable_file(args.out) if args.out else None
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline)
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline, device=args.device)
     print(format_table(result))
     if out is not None:
         atomic_write_json(out, result)
@@ -182,12 +187,13 @@ def cmd_index(args: argparse.Namespace) -> int:
         from cocoattr.coco_index import build_coco_index
 
         report, missing = build_coco_index(args.coco, args.split, args.out, checkpoint=args.checkpoint,
-                                           batch_size=args.batch_size, save_every=save_every_from_env())  # fmt: skip
+                                           batch_size=args.batch_size, save_every=save_every_from_env(),
+                                           device=args.device)  # fmt: skip
         if missing:
             notice(f"{missing} images of {args.split} listed in the annotations are not on disk; left out")
     else:
         report = build_index(args.images, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                             save_every=save_every_from_env())  # fmt: skip
+                             save_every=save_every_from_env(), device=args.device)  # fmt: skip
     if report.full_rebuild and report.reason != "new index":
         notice(f"full rebuild: {report.reason}")
     notice(
@@ -338,6 +344,7 @@ def _add_index_commands(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--out", required=True, help="index file to write")
     b.add_argument("--batch-size", type=int, default=16)
+    _add_device(b)
     b.set_defaults(func=cmd_index)
     u = isub.add_parser("push", help="publish an index as a Hugging Face dataset repo (parquet + card)")
     u.add_argument("--index", required=True, help="index file (from `index build`)")
@@ -377,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also detect objects (COCO-80) and give each one's box and top-k attributes")  # fmt: skip
     p.add_argument("--min-score", type=probability, default=0.35,
                    help="with --objects: the detector score an object needs (default 0.35)")  # fmt: skip
+    _add_device(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set")
@@ -387,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", action="store_true", help="also score the class-posterior-averaging baseline"
     )
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    _add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("build-default", help="build the embedded zero-shot default checkpoint")

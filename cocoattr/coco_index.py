@@ -90,6 +90,7 @@ def build_coco_index(
     save_every: int = SAVE_EVERY,
     progress: bool = True,
     on_error: Callable[[str, str], None] | None = None,
+    device: str = "cpu",
 ) -> tuple[BuildReport, int]:
     """Create or update the index at `out` over COCO `split` under `root`; returns the build
     report and how many annotated images are not on disk (left out)."""
@@ -99,5 +100,5 @@ def build_coco_index(
             "annotations": [captions_json.name, instances_json.name]}  # fmt: skip
     report = build_index(image_dir, out, predictor, checkpoint=checkpoint, batch_size=batch_size,
                          save_every=save_every, progress=progress, on_error=on_error,
-                         records=records, thumbnails=True, info=info)  # fmt: skip
+                         records=records, thumbnails=True, info=info, device=device)  # fmt: skip
     return report, missing

@@ -67,8 +67,8 @@ def score_images(predictor: Predictor, paths: list, batch_size: int = 16) -> np.
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike | None, data: str = "gallery", split: str = "all",
-                        baseline: bool = False) -> dict:  # fmt: skip
-    predictor = Predictor.from_checkpoint(checkpoint)
+                        baseline: bool = False, device: str = "cpu") -> dict:  # fmt: skip
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
     paths, labels, vocab = load_eval_set(data, split)
     if predictor.attributes != vocab.names:
         # A checkpoint with another vocabulary is scored on the attributes both share.

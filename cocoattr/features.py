@@ -57,27 +57,32 @@ def colour_names(rgb: torch.Tensor) -> torch.Tensor:
         * 60.0
     )
     achromatic = (s < 0.2) | (v < 0.2)
-    terms = torch.zeros(rgb.shape[0], len(COLOUR_TERMS), *rgb.shape[2:], dtype=rgb.dtype, device=rgb.device)
-    idx = {t: i for i, t in enumerate(COLOUR_TERMS)}
-
-    def put(name: str, mask: torch.Tensor) -> None:
-        terms[:, idx[name]] = torch.where(mask, torch.ones_like(v), terms[:, idx[name]])
-
-    put("black", v < 0.2)
-    put("white", (~(v < 0.2)) & (s < 0.2) & (v >= 0.75))
-    put("gray", (~(v < 0.2)) & (s < 0.2) & (v < 0.75))
+    # each term is one mask; stacked, not written into a buffer in place, so the function
+    # exports to ONNX with its shapes known (`cocoattr.engine`)
+    terms = {"black": v < 0.2, "white": (~(v < 0.2)) & (s < 0.2) & (v >= 0.75),
+             "gray": (~(v < 0.2)) & (s < 0.2) & (v < 0.75)}  # fmt: skip
     chrom = ~achromatic
     brownish = chrom & (h >= 10) & (h < 50) & (v < 0.65)
-    put("brown", brownish)
+    terms["brown"] = brownish
     rest = chrom & ~brownish
-    put("red", rest & ((h < 12) | (h >= 340)) & ~((s < 0.5) & (v > 0.8)))
-    put("pink", rest & (((h >= 290) & (h < 340)) | (((h < 12) | (h >= 340)) & (s < 0.5) & (v > 0.8))))
-    put("orange", rest & (h >= 12) & (h < 40))
-    put("yellow", rest & (h >= 40) & (h < 70))
-    put("green", rest & (h >= 70) & (h < 170))
-    put("blue", rest & (h >= 170) & (h < 260))
-    put("purple", rest & (h >= 260) & (h < 290))
-    return torch.cat([terms, v.unsqueeze(1), s.unsqueeze(1)], dim=1)
+    terms["red"] = rest & ((h < 12) | (h >= 340)) & ~((s < 0.5) & (v > 0.8))
+    terms["pink"] = rest & (((h >= 290) & (h < 340)) | (((h < 12) | (h >= 340)) & (s < 0.5) & (v > 0.8)))
+    terms["orange"] = rest & (h >= 12) & (h < 40)
+    terms["yellow"] = rest & (h >= 40) & (h < 70)
+    terms["green"] = rest & (h >= 70) & (h < 170)
+    terms["blue"] = rest & (h >= 170) & (h < 260)
+    terms["purple"] = rest & (h >= 260) & (h < 290)
+    stacked = torch.stack([terms[t] for t in COLOUR_TERMS], dim=1).to(rgb.dtype)
+    return torch.cat([stacked, v.unsqueeze(1), s.unsqueeze(1)], dim=1)
+
+
+def _max_pool(x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+    """`adaptive_max_pool2d(x, (gh, gw))`; a plain max pool where the sizes divide (the same
+    maximum, and it exports to ONNX: `cocoattr.engine`)."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h % gh == 0 and w % gw == 0:
+        return F.max_pool2d(x, (h // gh, w // gw))
+    return F.adaptive_max_pool2d(x, (gh, gw))
 
 
 class FeatureGrid(nn.Module):
@@ -121,9 +126,12 @@ class FeatureGrid(nn.Module):
     def colour_channels(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Colour-term fractions per grid cell, from every `step`-th pixel (>= 8x8 samples per
         cell): at 288 px a 16th of the work of using every pixel, and no colour blending."""
-        gh, gw = int(grid[0]), int(grid[1])
-        step = max(1, min(x.shape[-2] // (8 * gh), x.shape[-1] // (8 * gw)))
+        (gh, gw), (xh, xw) = (int(grid[0]), int(grid[1])), (int(x.shape[-2]), int(x.shape[-1]))
+        step = max(1, min(xh // (8 * gh), xw // (8 * gw)))
         rgb = (x[..., ::step, ::step] * self.std + self.mean).clamp(0, 1)
+        sh, sw = -(-xh // step), -(-xw // step)  # rgb's size
+        if sh % gh == 0 and sw % gw == 0:  # the same mean; and exports to ONNX (`cocoattr.engine`)
+            return F.avg_pool2d(colour_names(rgb), (sh // gh, sw // gw))
         return F.adaptive_avg_pool2d(colour_names(rgb), (gh, gw))
 
     def scene_channels(
@@ -174,8 +182,7 @@ class FeatureGrid(nn.Module):
     def object_channels(detections: NanoDetOutput, grid: tuple[int, int]) -> torch.Tensor:
         """(B, 80, h, w): per grid cell, each class's best detector score at any stride."""
         gh, gw = int(grid[0]), int(grid[1])
-        pooled = [F.adaptive_max_pool2d(level, (gh, gw)) for level in detections.scores]
-        return torch.stack(pooled).amax(0)
+        return torch.stack([_max_pool(level, gh, gw) for level in detections.scores]).amax(0)
 
     def parts(self, x: torch.Tensor, detections: NanoDetOutput | None = None) -> list[torch.Tensor]:
         """[features, concepts?, colour?, objects?, scene?], each (B, *, h, w): the grid before

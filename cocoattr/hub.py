@@ -21,6 +21,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_model
 
 from cocoattr.atomic import atomic_folder, atomic_write, atomic_write_json, atomic_write_text
+from cocoattr.engine import ONNX_NAME  # the CPU serving graph; optional, checked when used
 from cocoattr.errors import UserError, invalid_config
 from cocoattr.model import AttributeModel, ModelConfig
 
@@ -35,7 +36,9 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     """Fetch a checkpoint from the Hub (or HF_ENDPOINT) into the HF cache; offline: cache only."""
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME]
+            repo_id,
+            revision=revision,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME, ONNX_NAME],
         )
     except RepositoryNotFoundError:
         raise UserError(f"Hub checkpoint {repo_id!r} not found (or private: set HF_TOKEN)") from None
@@ -158,19 +161,33 @@ def model_card(config: dict, metrics: dict | None = None, extra: str = "") -> st
     return "\n".join(lines)
 
 
+def write_onnx(folder: str | os.PathLike) -> Path:
+    """The folder's `model.onnx` (the CPU serving graph, `cocoattr.engine`), exported when
+    missing or made for other weights; a valid one is left as it is."""
+    from cocoattr.engine import export_onnx, onnx_is_for
+
+    folder = Path(folder)
+    model = load_folder(folder)
+    path = folder / ONNX_NAME
+    if not onnx_is_for(path, model.weights_sha256):
+        export_onnx(model, path, model.weights_sha256)
+    return path
+
+
 def push_to_hub(
     folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None
 ) -> str:
     """Upload a checkpoint folder to the Hub (HF_ENDPOINT is honoured); returns the commit URL."""
     folder = Path(folder)
     read_config(folder)
+    write_onnx(folder)
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(
             folder_path=str(folder),
             repo_id=repo_id,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME],
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME, ONNX_NAME],
         )
     except (HfHubHTTPError, OSError) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), "")

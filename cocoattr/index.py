@@ -354,14 +354,14 @@ class _Builder:
 
 
 def _predictor(
-    predictor: Predictor | None, checkpoint: str | os.PathLike | None, batch_size: int
+    predictor: Predictor | None, checkpoint: str | os.PathLike | None, batch_size: int, device: str = "cpu"
 ) -> Predictor:
     if predictor is not None:
         return predictor
     # Lazy: the predictor imports torch (seconds); loading or searching an index needs neither.
     from cocoattr.predictor import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, batch_size=batch_size)
+    return Predictor.from_checkpoint(checkpoint, batch_size=batch_size, device=device)
 
 
 def build_index(
@@ -377,6 +377,7 @@ def build_index(
     records: dict[str, dict] | None = None,
     thumbnails: bool = False,
     info: dict | None = None,
+    device: str = "cpu",
 ) -> BuildReport:
     """Create or update the index at `out` for the images under `images` (a folder or 'gallery').
 
@@ -387,7 +388,7 @@ def build_index(
     if not root.is_dir():
         raise UserError(f"{images}: not a folder of images")
     out = Path(out)
-    predictor = _predictor(predictor, checkpoint, batch_size)
+    predictor = _predictor(predictor, checkpoint, batch_size, device)
     old = (
         Index.load(out) if out.exists() else None
     )  # a file that is not an index is an error, never overwritten

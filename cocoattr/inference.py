@@ -1,105 +1,27 @@
-"""Numerically-equal serving rewrites of an `AttributeModel`, kept apart from the readable model.
+"""The attention head's serving form, kept apart from the readable model.
 
-`InferenceModel` is what `Predictor` runs: the same function as `AttributeModel.forward` up to
-float rounding (tests/test_inference.py checks it), faster on CPU because
-  * the backbone is an eval copy with BatchNorm folded into its convolutions, ReLU/ReLU6 fused
-    into them as oneDNN post-ops and channels_last weights (~2x on 2 cores);
-  * the head does its image-independent work once: projected queries, the attention's output
-    projection folded into the classifier, `token_proj` split by input part with all-zero
-    blocks skipped (the zero-shot default never reads the 1280 raw CNN channels).
+`InferenceModel` computes `AttributeModel.forward` up to float rounding (tests/test_inference.py
+checks it) with the head's image-independent work done once: projected queries, the attention's
+output projection folded into the classifier, `token_proj` split by input part with all-zero
+blocks skipped (the zero-shot default never reads the 1280 raw CNN channels). It is the graph
+`cocoattr.engine` exports for onnxruntime (CPU), the torch path `Predictor` runs on CUDA, and
+the per-object head (`with_objects`, `objects_from`). The backbone runs as the model has it:
+onnxruntime folds BatchNorm and fuses activations itself, cuDNN needs neither.
 Everything derived from the weights is rebuilt when any weight changes in place (one cache,
 keyed by the tensors' versions), so a model being trained can be served between steps.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cocoattr.detector import decode_boxes, nms
+from cocoattr.detector import NanoDetOutput, decode_boxes, nms
 from cocoattr.errors import UserError
 from cocoattr.model import AttributeModel, AttributeOutput
-
-
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in an nn.Sequential into
-    that conv (in place; returns `module`). Same function up to float rounding, one op fewer per
-    layer: on CPU the unfused BatchNorm was ~15% of MobileNetV2's time. Subclasses of
-    BatchNorm2d (e.g. timm's BatchNormAct2d, which also applies an activation) are left alone."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        for a, b in zip(names, names[1:], strict=False):
-            conv, bn = seq._modules[a], seq._modules[b]
-            if (
-                type(conv) is nn.Conv2d
-                and type(bn) is nn.BatchNorm2d
-                and bn.running_mean is not None
-                and not (conv.training or bn.training)
-            ):
-                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
-                seq._modules[b] = nn.Identity()
-    return module
-
-
-@functools.cache
-def _fused_conv_op():  # noqa: ANN202 - a torch op, or None where this torch build lacks it
-    try:
-        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-class ConvAct(nn.Module):
-    """Conv2d then ReLU/ReLU6 as one oneDNN call, the activation applied as a post-op while the
-    output is still in cache (the op torch.compile's CPU backend emits). The separate in-place
-    clamp of ReLU6 was ~10% of MobileNetV2's CPU time; fused, the body runs 10-20% faster at
-    batch 16. The same function exactly; autograd, CUDA and non-channels_last input take the
-    plain two-op path."""
-
-    def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
-        super().__init__()
-        self.conv, self.act = conv, act
-        self.attr, self.scalars = (
-            ("relu", []) if isinstance(act, nn.ReLU) else ("hardtanh", [act.min_val, act.max_val])
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, op = self.conv, _fused_conv_op()
-        if (op is None or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-                or not x.is_contiguous(memory_format=torch.channels_last)):  # fmt: skip
-            return self.act(c(x))
-        return op(x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, self.attr, self.scalars, "")
-
-
-def fuse_conv_activation(module: nn.Module) -> nn.Module:
-    """Replace each Conv2d that an nn.Sequential follows (past Identity, e.g. a folded
-    BatchNorm) with ReLU, ReLU6 or Hardtanh by a `ConvAct` (in place; returns `module`)."""
-    if _fused_conv_op() is None:
-        return module
-    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        live = [(name, m) for name, m in seq._modules.items() if not isinstance(m, nn.Identity)]
-        for (a, conv), (b, act) in zip(live, live[1:], strict=False):
-            if (type(conv) is nn.Conv2d and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
-                    and type(act) in (nn.ReLU, nn.ReLU6, nn.Hardtanh)):  # fmt: skip
-                seq._modules[a], seq._modules[b] = ConvAct(conv, act), nn.Identity()
-    return module
-
-
-def inference_copy(backbone: nn.Module) -> nn.Module:
-    """An eval-mode copy of `backbone` with BatchNorm folded into its convolutions, ReLU6 fused
-    into them and channels_last weights (~2x faster on CPU); the original is untouched. Feed it
-    channels_last input. Used by prediction and by the training feature cache."""
-    tensors = [*backbone.parameters(), *backbone.buffers()]
-    shared = {id(t): t for t in tensors if t.ndim < 4}  # copy only the conv weights
-    fast = fuse_conv_activation(fold_batchnorm(copy.deepcopy(backbone, memo=shared).eval()))
-    return fast.to(memory_format=torch.channels_last)
 
 
 @dataclass
@@ -116,13 +38,13 @@ class ObjectsOutput:
 def box_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(K, 4) relative boxes -> (K, h*w) bool: the grid cells whose centre lies in each box, or the
     cell under the box's centre when the box is smaller than a cell."""
-    ys = (torch.arange(h, dtype=boxes.dtype) + 0.5) / h
-    xs = (torch.arange(w, dtype=boxes.dtype) + 0.5) / w
+    ys = (torch.arange(h, dtype=boxes.dtype, device=boxes.device) + 0.5) / h
+    xs = (torch.arange(w, dtype=boxes.dtype, device=boxes.device) + 0.5) / w
     cy, cx = ys[:, None].expand(h, w).reshape(-1), xs[None, :].expand(h, w).reshape(-1)
     x1, y1, x2, y2 = (boxes[:, i : i + 1] for i in range(4))
     inside = (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
     centre = ((y1 + y2) / 2 * h).long().clamp(0, h - 1) * w + ((x1 + x2) / 2 * w).long().clamp(0, w - 1)
-    inside[torch.arange(len(boxes)), centre[:, 0]] = True
+    inside[torch.arange(len(boxes), device=boxes.device), centre[:, 0]] = True
     return inside
 
 
@@ -136,13 +58,13 @@ class InferenceModel:
     def __init__(self, model: AttributeModel) -> None:
         self.model = model.eval()
         self._key: tuple | None = None
+        self._part_sizes: tuple[int, ...] | None = None
 
     def _refresh(self) -> None:
         key = _weights_key(self.model)
         if key == self._key:
             return
         m = self.model
-        self.backbone = inference_copy(m.backbone)
         with torch.no_grad():
             heads, d = m.attn.num_heads, m.attn.embed_dim
             wq, wk, wv = m.attn.in_proj_weight.chunk(3)
@@ -164,13 +86,17 @@ class InferenceModel:
         return self._blocks
 
     def prepared_backbone(self) -> nn.Module:
-        """The fused inference copy of the model's `FeatureGrid`, current with its weights."""
+        """The model's `FeatureGrid` (eval), with the head's constants current with its weights."""
         self._refresh()
-        return self.backbone
+        return self.model.backbone
+
+    def require_detector(self) -> None:
+        if self.model.backbone.detector is None:
+            raise UserError("this checkpoint has no object detector (config objects: false)")
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> AttributeOutput:
-        """Normalised (B, 3, H, W) images (channels_last on CPU) -> output."""
+        """Normalised (B, 3, H, W) images -> output."""
         return self.head(self.prepared_backbone().parts(images))
 
     @torch.inference_mode()
@@ -186,23 +112,11 @@ class InferenceModel:
         logits: the model's own head with its attention restricted to the grid cells inside the
         object's box (and the mean-pooled term to those cells), so an object's attributes come
         from the evidence where the object is."""
+        self.require_detector()
         backbone = self.prepared_backbone()
-        if backbone.detector is None:
-            raise UserError("this checkpoint has no object detector (config objects: false)")
         detections = backbone.detect(images)
         tokens, h, w = self._tokens(backbone.parts(images, detections))
-        size = images.shape[-1]
-        boxes, scores = decode_boxes(detections, input_size=size)
-        found = []
-        for i in range(len(images)):
-            d = nms(boxes[i], scores[i], score_threshold, iou_threshold=0.6, max_detections=max_objects)
-            rel = d.boxes / size
-            masks = box_masks(rel, h, w)
-            if len(masks):
-                logits = self._head(tokens[i : i + 1].expand(len(masks), -1, -1), h, w, masks).logits
-            else:  # nothing above the threshold: no rows (the head cannot run on an empty batch)
-                logits = tokens.new_zeros((0, len(self.bias_eff)))
-            found.append(ObjectsOutput(rel, d.scores, d.labels, logits))
+        found = objects_from(self, tokens, h, w, detections, images.shape[-1], score_threshold, max_objects)
         return self._head(tokens, h, w), found
 
     def _tokens(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, int, int]:
@@ -239,3 +153,22 @@ class InferenceModel:
         logits = (attended * self.cls_eff).sum(-1) + pooled @ m.cls_global.T + self.bias_eff
         embedding = F.normalize(m.image_proj(pooled), dim=-1)
         return AttributeOutput(logits=logits, maps=weights.mean(1).reshape(b, -1, h, w), embedding=embedding)
+
+
+def objects_from(head: InferenceModel, tokens: torch.Tensor, h: int, w: int, detections: NanoDetOutput,
+                 size: int, score_threshold: float, max_objects: int) -> list[ObjectsOutput]:  # fmt: skip
+    """Per image: the detector's boxes after NMS and each box's logits, from the head restricted
+    to the grid cells inside it (`box_masks`) over the image's `tokens` (B, h*w, d)."""
+    head._refresh()
+    boxes, scores = decode_boxes(detections, input_size=size)
+    found = []
+    for i in range(len(tokens)):
+        d = nms(boxes[i], scores[i], score_threshold, iou_threshold=0.6, max_detections=max_objects)
+        rel = d.boxes / size
+        masks = box_masks(rel, h, w)
+        if len(masks):
+            logits = head._head(tokens[i : i + 1].expand(len(masks), -1, -1), h, w, masks).logits
+        else:  # nothing detected: no objects (the head cannot reshape an empty batch)
+            logits = tokens.new_zeros((0, head.model.num_attributes))
+        found.append(ObjectsOutput(rel, d.scores, d.labels, logits))
+    return found

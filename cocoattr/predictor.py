@@ -2,7 +2,7 @@
 
 The CLI, the index builder, evaluation and the app all call `Predictor`, so a checkpoint
 behaves the same everywhere: decode threads ahead of the model, `cocoattr.transforms` for the
-pixels, `cocoattr.inference.InferenceModel` for the forward pass.
+pixels, `cocoattr.engine` for the forward pass (onnxruntime on the CPU, PyTorch on CUDA).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from PIL import Image
 
 from cocoattr.checkpoints import load_model
 from cocoattr.detector import COCO80
+from cocoattr.engine import serving_engine
 from cocoattr.errors import UserError
 from cocoattr.images import ImageInput, load_image
-from cocoattr.inference import InferenceModel
 from cocoattr.model import AttributeModel, AttributeOutput
 from cocoattr.transforms import normalize, preprocess, resize_rgb
 from cocoattr.viz import top_attributes
@@ -60,23 +60,23 @@ class Prediction:
 
 
 class Predictor:
-    """A checkpoint ready for CPU inference: decode threads, the fused inference backbone and
-    the cached head. In your own process, call `cocoattr.allocator.tune_malloc()` first, as
-    the CLI and the app do: at batch 16 it is worth 1.3-1.6x (`bench/`)."""
+    """A checkpoint ready for inference: decode threads, then the serving engine on `device`:
+    "cpu" runs the exported graph on onnxruntime with `threads` intra-op threads (default: the
+    core count), "cuda" runs PyTorch there."""
 
-    def __init__(
-        self, model: AttributeModel, batch_size: int = 16, threads: int | None = None, decode_workers: int = 2
-    ) -> None:
+    def __init__(self, model: AttributeModel, batch_size: int = 16, threads: int | None = None,
+                 decode_workers: int = 2, device: str = "cpu") -> None:  # fmt: skip
         self.model = model.eval()
         self.batch_size = batch_size
         self.decode_workers = max(1, decode_workers)
+        self.device = device
         if threads:
             torch.set_num_threads(threads)
         spec = model.backbone
         self.size = model.image_size
         self.mean = spec.mean.view(3, 1, 1).numpy()
         self.std = spec.std.view(3, 1, 1).numpy()
-        self.engine = InferenceModel(model)
+        self.engine = serving_engine(model, device, threads)
         self._decoder: ThreadPoolExecutor | None = None
 
     @classmethod
@@ -100,7 +100,7 @@ class Predictor:
         return preprocess(images, self.size, self.mean, self.std)
 
     def forward(self, images: Sequence[Image.Image]) -> AttributeOutput:
-        """Decoded RGB images -> model output (inference mode, fast backbone)."""
+        """Decoded RGB images -> model output (the serving engine)."""
         return self._forward_pixels(np.stack([resize_rgb(image, self.size) for image in images]))
 
     def _forward_pixels(self, pixels: np.ndarray) -> AttributeOutput:

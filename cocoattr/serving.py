@@ -7,6 +7,7 @@ by file content, and the answers of the named API (/predict, /heatmap, /objects,
 from __future__ import annotations
 
 import difflib
+import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,9 +19,10 @@ from PIL import Image
 from cocoattr import viz
 from cocoattr.cache import Cached, PredictionCache
 from cocoattr.errors import UserError
+from cocoattr.hub import read_metrics
 from cocoattr.images import load_image
-from cocoattr.index import Index
-from cocoattr.search import Results, find
+from cocoattr.index import GALLERY, Index
+from cocoattr.search import Hit, Results, find
 from cocoattr.vocab import TYPES
 
 if TYPE_CHECKING:
@@ -144,3 +146,65 @@ class Service:
             raise UserError(f"empty query: {EMPTY_QUERY}, or give a photo")
         result = self.search(query, max(1, min(int(top_k or 10), MAX_RESULTS)), image or None)
         return [h.to_api(i + 1) for i, h in enumerate(result.hits)]
+
+
+# ----------------------------------------------------------------------------- what the page shows
+
+
+def _tile_image(h: Hit) -> Any:
+    """The hit's file when this machine has it, else the index's thumbnail (a Hub index)."""
+    if h.thumbnail and not h.path.is_file():
+        return Image.open(io.BytesIO(h.thumbnail))
+    return str(h.path)
+
+
+def _tile_caption(h: Hit, i: int) -> str:
+    """Why it ranked, then (a COCO index) its ground-truth categories and first caption."""
+    text = (
+        ", ".join(f"{a} {p:.2f}" for a, p in list(h.attributes.items())[:4])
+        + f" · #{i + 1}, score {h.score:.2f}"
+    )
+    if h.categories:
+        text += f" · COCO: {', '.join(h.categories)}"
+    if h.coco_id is not None and h.caption:
+        text += f" · “{h.caption}”"
+    return text
+
+
+def search_tile(h: Hit, i: int) -> tuple[Any, str]:
+    """One Search-tab tile: (image or file, caption)."""
+    return _tile_image(h), _tile_caption(h, i)
+
+
+def about_text(predictor: Predictor, index: Index) -> str:
+    """Markdown for the About panel: which model, how big its vocabulary, its metrics if any."""
+    model = predictor.model
+    source = Path(getattr(model, "source", "") or "")
+    kind = getattr(model, "kind", "trained")
+    counts = {t: predictor.attribute_types.count(t) for t in TYPES if t in predictor.attribute_types}
+    lines = [
+        f"**Checkpoint:** `{source.name or 'in memory'}` "
+        f"({'embedded default, ' if source.name == 'default' else ''}{kind} model)  ",
+    ]  # the folder's name only: a visitor has no business with the server's paths
+    if kind == "zero-shot":
+        lines.append(
+            "> This is a **zero-shot** model: it was built from ImageNet classes and text, with no attribute "
+            "labels. Expect sensible top attributes but rough probabilities; load a trained checkpoint "
+            "(`COCOATTR_CHECKPOINT`) for real accuracy."
+        )
+    if getattr(model, "description", ""):
+        lines += ["", model.description]
+    images = "the bundled gallery" if index.root_spec == GALLERY else index.root_spec
+    lines += [
+        "",
+        f"**Vocabulary:** {len(predictor.attributes)} attributes in {len(counts)} types ("
+        + ", ".join(f"{t} {n}" for t, n in counts.items())
+        + ")  ",
+        f"**Search index:** {len(index)} images from `{images}`",
+    ]
+    metrics, where = read_metrics(source) if str(source) else ({}, "")
+    if not metrics:
+        return "\n".join(lines + ["", "No metrics recorded for this checkpoint."])
+    lines += ["", f"**Metrics** ({where}):", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    return "\n".join(lines)

@@ -39,10 +39,15 @@ _DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "uin
            "uint16": np.uint16, "bool": np.bool_}  # fmt: skip
 
 
+def cache_root() -> Path:
+    """$COCOATTR_CACHE, else ~/.cache/cocoattr: the one root of cocoattr's caches (npm, onnx)."""
+    root = os.environ.get("COCOATTR_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "cocoattr"
+
+
 def cache_dir() -> Path:
     """$COCOATTR_CACHE/npm, else ~/.cache/cocoattr/npm."""
-    root = os.environ.get("COCOATTR_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "cocoattr") / "npm"
+    return cache_root() / "npm"
 
 
 def tarball_name(spec: str) -> str:

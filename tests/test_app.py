@@ -175,10 +175,11 @@ def test_errors_are_readable_and_the_app_keeps_serving(app_client, app_bad_files
 
 
 def test_about_names_the_zero_shot_default(app_predictor, app_server) -> None:
-    import app
+    from cocoattr import serving
     from cocoattr.index import Index
 
-    text = app.about_text(app_predictor, Index.load(app_server.index_file))
+    text = serving.about_text(app_predictor, Index.load(app_server.index_file))
+    assert "/" not in text.split("**Checkpoint:**")[1].split("\n")[0]  # no server path for visitors
     assert f"{app_predictor.model.kind} model" in text
     assert f"{len(app_predictor.attributes)} attributes in 8 types" in text and "36 images" in text
     if app_predictor.model.kind == "zero-shot":

@@ -40,7 +40,7 @@ def test_predict_equals_the_training_time_model(photos, zero_features, random_mo
         assert mine.shape == ref.shape
         np.testing.assert_allclose(mine, ref, atol=2e-5, rtol=1e-4, err_msg=key)
     # the skipped block is really skipped, and only when it is zero
-    blocks = predictor.engine._token_blocks((model.backbone.feature_channels, 1000, 13))
+    blocks = predictor.engine.head._token_blocks((model.backbone.feature_channels, 1000, 13))
     assert (blocks[0] is None) == zero_features and blocks[1] is not None
 
 

@@ -82,12 +82,10 @@ def cached_grids(model: AttributeModel, samples: Sequence[Sample], cache_dir: Pa
             torch.utils.data.Subset(AttributeDataset(samples, Preprocess(model)), mine),
             batch_size=batch_size, num_workers=num_workers,
         )  # fmt: skip
-        from cocoattr.inference import inference_copy
-
-        backbone = inference_copy(model.backbone)  # frozen here: BN folded, channels_last
+        backbone = model.backbone.eval()  # frozen here
         done = 0
         for images, _, _ in tqdm(loader, desc=f"cache {desc}", disable=not d.main, leave=False):
-            x = images.to(d.device).contiguous(memory_format=torch.channels_last)
+            x = images.to(d.device)
             feats = backbone(x).float().cpu().numpy().astype(np.float16)
             grids[mine[done : done + len(feats)]] = feats
             done += len(feats)

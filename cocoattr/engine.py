@@ -1,0 +1,248 @@
+"""The CPU serving engine: the whole inference graph exported to ONNX, run by onnxruntime.
+
+One graph per checkpoint: normalised images (B, 3, S, S) -> logits, maps, embedding, the head's
+tokens and the detector's raw per-level class scores and box distributions. What stays beside
+it in torch is small and data-dependent: box decoding, NMS and the per-object head (the image
+head restricted to a box's cells, `InferenceModel._head` on the exported tokens; a few
+microseconds per object, so a second graph with a mask input would buy nothing).
+
+The graph is made once per checkpoint and cached by the weights' sha256
+(`model.weights_sha256`, set by `hub.load_folder`) under `cache_root()/onnx/<sha>.onnx`; a
+checkpoint folder's own `model.onnx` (written by `push`) is used first when the hash recorded in
+it matches the weights, and ignored with one notice when it does not. Models that were not
+loaded from a folder (being trained, built in tests) are exported in memory, never cached.
+Exported with the TorchScript exporter (`dynamo=False`): torch 2.14's default, the dynamo
+exporter, needs onnxscript, and the TorchScript one gives a plain graph with a dynamic batch axis.
+onnxruntime folds BatchNorm, fuses conv + activation and picks its own layouts, so the
+hand-written torch rewrites for those are gone (bench/README.md has the figures).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cocoattr.detector import NanoDetOutput
+from cocoattr.errors import notice
+from cocoattr.inference import InferenceModel, ObjectsOutput, objects_from
+from cocoattr.model import AttributeModel, AttributeOutput
+from cocoattr.tfjs import cache_root
+
+ONNX_NAME = "model.onnx"
+SPINNING = os.environ.get("COCOATTR_ORT_SPINNING", "0")  # "1": onnxruntime's default
+OPSET = 17
+# the code that defines the graph: a graph exported by other code is exported again, not served
+GRAPH_SOURCES = ("engine.py", "inference.py", "model.py", "features.py", "detector.py", "backbones.py")
+META_SHA, META_VERSION, META_OPSET = "cocoattr.weights_sha256", "cocoattr.graph_version", "cocoattr.opset"
+HEAD_OUTPUTS = ("logits", "maps", "embedding", "tokens")
+_ignored_notices: set[str] = set()
+
+
+@functools.cache
+def graph_version() -> str:
+    """Hash of the files that define the exported graph (GRAPH_SOURCES) and the torch version."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in GRAPH_SOURCES:
+        digest.update((Path(__file__).resolve().parent / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class ServingGraph(nn.Module):
+    """What is exported: `InferenceModel`'s forward pass with the detector's raw outputs too."""
+
+    def __init__(self, model: AttributeModel) -> None:
+        super().__init__()
+        self.model, self.head = model.eval(), InferenceModel(model)
+        self.eval()  # the exporter restores the wrapper's mode afterwards, recursively: keep it eval
+
+    def output_names(self) -> list[str]:
+        levels = len(self.model.backbone.detector.strides) if self.model.backbone.detector else 0
+        return [*HEAD_OUTPUTS, *(f"scores{i}" for i in range(levels)), *(f"dists{i}" for i in range(levels))]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        grid = self.model.backbone
+        detections = grid.detect(x) if grid.detector is not None else None
+        tokens, h, w = self.head._tokens(grid.parts(x, detections))
+        o = self.head._head(tokens, h, w)
+        extra = [*detections.scores, *detections.distributions] if detections is not None else []
+        return (o.logits, o.maps, o.embedding, tokens, *extra)
+
+
+def export_onnx(model: AttributeModel, f: str | os.PathLike | io.BytesIO, weights_sha256: str = "") -> None:
+    """Write the serving graph of `model` to `f` (a path or a binary buffer), with a dynamic
+    batch axis; the weights' hash, the graph version and the opset go into its metadata."""
+    import onnx
+
+    graph = ServingGraph(model)
+    names = graph.output_names()
+    x = torch.zeros(2, 3, model.image_size, model.image_size)
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            graph, (x,), buffer, input_names=["images"], output_names=names, opset_version=OPSET,
+            dynamic_axes={name: {0: "batch"} for name in ["images", *names]}, dynamo=False,
+        )  # fmt: skip
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in ((META_SHA, weights_sha256), (META_VERSION, graph_version()), (META_OPSET, str(OPSET))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    data = proto.SerializeToString()
+    if isinstance(f, io.BytesIO):
+        f.write(data)
+        return
+    path = Path(f)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)  # readers never see half a graph
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The cocoattr entries of an ONNX file's metadata ({} for an unreadable file)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not used
+        return {}
+    return {p.key: p.value for p in proto.metadata_props if p.key.startswith("cocoattr.")}
+
+
+def onnx_is_for(path: str | os.PathLike, sha: str) -> bool:
+    """Whether the ONNX file at `path` is this code's graph of the weights with hash `sha`."""
+    meta = read_metadata(path) if Path(path).is_file() else {}
+    return meta.get(META_SHA) == sha and meta.get(META_VERSION) == graph_version()
+
+
+def onnx_file(model: AttributeModel) -> Path | None:
+    """The graph file for a loaded checkpoint: its folder's valid `model.onnx`, else the cache
+    entry (exported there when missing or stale); None for a model without `weights_sha256`."""
+    sha = getattr(model, "weights_sha256", None)
+    if not sha:
+        return None
+    source = getattr(model, "source", None)
+    if source and (Path(source) / ONNX_NAME).is_file():
+        shipped = Path(source) / ONNX_NAME
+        if onnx_is_for(shipped, sha):
+            return shipped
+        if str(shipped) not in _ignored_notices:
+            _ignored_notices.add(str(shipped))
+            notice(f"{shipped}: made for other weights or an older graph; ignored (using the cache)")
+    cached = cache_root() / "onnx" / f"{sha}.onnx"
+    if not onnx_is_for(cached, sha):
+        export_onnx(model, cached, sha)
+    return cached
+
+
+def _weights_key(model: nn.Module) -> tuple:
+    return tuple((id(t), t._version, t.data_ptr()) for t in (*model.parameters(), *model.buffers()))
+
+
+_exported: dict[tuple, bytes] = {}  # this process's in-memory exports, by weights key
+
+
+def _in_memory(model: AttributeModel, key: tuple) -> bytes:
+    """The graph of a model with no weights hash (or changed in place), exported once per
+    weights version in this process (several Predictors of one model share it)."""
+    if key not in _exported:
+        buffer = io.BytesIO()
+        export_onnx(model, buffer)
+        while len(_exported) >= 4:
+            _exported.pop(next(iter(_exported)))
+        _exported[key] = buffer.getvalue()
+    return _exported[key]
+
+
+class OnnxEngine:
+    """`InferenceModel`'s interface (`__call__`, `with_objects`) on onnxruntime's CPU provider."""
+
+    def __init__(self, model: AttributeModel, threads: int | None = None) -> None:
+        self.model = model.eval()
+        self.threads = threads or os.cpu_count() or 1
+        self.head = InferenceModel(model)  # the masked per-object head, on the graph's tokens
+        self._key: tuple | None = None
+
+    def _session(self):  # noqa: ANN202 - an onnxruntime.InferenceSession
+        key = _weights_key(self.model)
+        if key != self._key:  # weights changed in place (a model being trained): export again
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # idle intra-op threads sleep instead of spinning: spinning took the cores from the
+            # decode threads and torch's box decoding between runs (bench/README.md)
+            options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
+            path = onnx_file(self.model) if self._key is None else None
+            source = str(path) if path is not None else _in_memory(self.model, key)
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            self.outputs = [o.name for o in self.session.get_outputs()]
+            self._key = key
+        return self.session
+
+    def run(self, images: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """Normalised (B, 3, S, S) images -> every graph output by name, as numpy."""
+        x = np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else images, np.float32)
+        session = self._session()
+        return dict(zip(self.outputs, session.run(None, {"images": x}), strict=True))
+
+    def __call__(self, images: torch.Tensor | np.ndarray) -> AttributeOutput:
+        out = self.run(images)
+        return AttributeOutput(*(torch.from_numpy(out[k]) for k in HEAD_OUTPUTS[:3]))
+
+    def with_objects(self, images: torch.Tensor | np.ndarray, score_threshold: float = 0.35,
+                     max_objects: int = 10) -> tuple[AttributeOutput, list[ObjectsOutput]]:  # fmt: skip
+        """As `InferenceModel.with_objects`: decoding, NMS and the per-object head in torch."""
+        self.head.require_detector()
+        out = {k: torch.from_numpy(v) for k, v in self.run(images).items()}
+        levels = len(self.model.backbone.detector.strides)
+        detections = NanoDetOutput([out[f"scores{i}"] for i in range(levels)],
+                                   [out[f"dists{i}"] for i in range(levels)])  # fmt: skip
+        maps = out["maps"]
+        with torch.inference_mode():
+            found = objects_from(self.head, out["tokens"], *maps.shape[-2:], detections,
+                                 images.shape[-1], score_threshold, max_objects)  # fmt: skip
+        return AttributeOutput(out["logits"], maps, out["embedding"]), found
+
+
+class TorchEngine:
+    """The same interface on PyTorch (`InferenceModel`) on another device, e.g. CUDA: inputs
+    are moved there, outputs come back on the CPU."""
+
+    def __init__(self, model: AttributeModel, device: str) -> None:
+        self.model, self.device = model.to(device).eval(), torch.device(device)
+        self.head = InferenceModel(self.model)
+
+    def __call__(self, images: torch.Tensor) -> AttributeOutput:
+        o = self.head(images.to(self.device).contiguous())
+        return AttributeOutput(o.logits.cpu(), o.maps.cpu(), o.embedding.cpu())
+
+    def with_objects(self, images: torch.Tensor, score_threshold: float = 0.35,
+                     max_objects: int = 10) -> tuple[AttributeOutput, list[ObjectsOutput]]:  # fmt: skip
+        o, found = self.head.with_objects(images.to(self.device).contiguous(), score_threshold, max_objects)
+        cpu = [ObjectsOutput(*(t.cpu() for t in (f.boxes, f.scores, f.labels, f.logits))) for f in found]
+        return AttributeOutput(o.logits.cpu(), o.maps.cpu(), o.embedding.cpu()), cpu
+
+
+def serving_engine(model: AttributeModel, device: str = "cpu", threads: int | None = None
+                   ) -> OnnxEngine | TorchEngine:  # fmt: skip
+    """onnxruntime on the CPU, PyTorch anywhere else ("cuda", "cuda:1", ...)."""
+    from cocoattr.errors import UserError
+
+    if device == "cpu":
+        return OnnxEngine(model, threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r}: CUDA is not available here (use --device cpu)")
+    try:
+        return TorchEngine(model, device)
+    except RuntimeError as e:
+        raise UserError(f"device {device!r}: {e}") from None

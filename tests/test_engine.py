@@ -1,0 +1,89 @@
+"""cocoattr.engine: the onnxruntime graph computes what PyTorch computes, and is cached by the
+weights' hash (a checkpoint's own model.onnx is used only when it was made for its weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cocoattr import engine
+from cocoattr.data.gallery import load_gallery
+from cocoattr.detector import COCO80
+from cocoattr.engine import OnnxEngine, TorchEngine, onnx_file, read_metadata
+from cocoattr.hub import load_folder
+from cocoattr.images import load_image
+from cocoattr.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def default_model(default_checkpoint, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COCOATTR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield load_folder(default_checkpoint)
+    mp.undo()
+
+
+def test_engine_equals_pytorch_on_gallery_photos(default_model):
+    """Real photos through onnxruntime and through PyTorch: same probabilities (<= 1e-4), maps,
+    embeddings, and the same boxes, categories and per-object attributes."""
+    paths = load_gallery().paths[:6]
+    predictor = Predictor(default_model, batch_size=4)  # a full and a partial batch
+    assert isinstance(predictor.engine, OnnxEngine)
+    got = predictor.predict_objects(paths)
+    torch_engine = TorchEngine(default_model, "cpu")
+    for start in (0, 4):
+        chunk = paths[start : start + 4]
+        x = predictor.preprocess([load_image(p, min_side=2 * predictor.size) for p in chunk])
+        want, found = torch_engine.with_objects(x)
+        mine = got[start : start + len(chunk)]
+        for key, tol in (("probs", 1e-4), ("maps", 1e-5), ("embedding", 1e-5)):
+            diff = np.abs(np.stack([getattr(p, key) for p in mine]) - getattr(want, key).numpy()).max()
+            assert diff <= tol, f"{key}: max difference {diff:.2e} > {tol:.0e}"
+        for p, f, path in zip(mine, found, chunk, strict=True):
+            image = load_image(path, min_side=2 * predictor.size)
+            scale = np.array([image.width, image.height] * 2, np.float32)
+            assert [o.category for o in p.objects] == [COCO80[int(i)] for i in f.labels]
+            if p.objects:
+                boxes = np.array([o.box for o in p.objects])
+                np.testing.assert_allclose(boxes, f.boxes.numpy() * scale, atol=1e-2)
+                probs = np.stack([o.probs for o in p.objects])
+                np.testing.assert_allclose(probs, torch.sigmoid(f.logits).numpy(), atol=1e-4)
+    assert sum(len(p.objects) for p in got) > 0  # the gallery has people, cats, cars...
+
+
+def test_the_graph_is_cached_by_weights_hash_and_a_stale_folder_graph_is_ignored(
+    random_model, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("COCOATTR_CACHE", str(tmp_path / "cache"))
+    model = random_model()
+    model.weights_sha256, model.source = "ab" * 32, str(tmp_path)
+    engine.export_onnx(model, tmp_path / "model.onnx", "cd" * 32)  # made for other weights
+    path = onnx_file(model)
+    assert path == tmp_path / "cache" / "onnx" / f"{'ab' * 32}.onnx"
+    meta = read_metadata(path)
+    assert meta[engine.META_SHA] == "ab" * 32 and meta[engine.META_OPSET] == str(engine.OPSET)
+    onnx_file(model)
+    assert capsys.readouterr().err.count("ignored") == 1  # one notice, not one per load
+    engine.export_onnx(model, tmp_path / "model.onnx", "ab" * 32)
+    assert onnx_file(model) == tmp_path / "model.onnx"  # a valid shipped graph comes first
+    assert not model.training  # exporting never leaves the model in training mode
+
+
+def test_the_engine_runs_with_the_threads_asked_for(random_model):
+    e = OnnxEngine(random_model(), threads=1)
+    out = e.run(torch.zeros(2, 3, 96, 96))
+    assert out["logits"].shape == (2, 4) and e.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_a_weight_changed_in_place_is_exported_again(random_model):
+    model = random_model()
+    e = OnnxEngine(model)
+    x = torch.randn(1, 3, 96, 96)
+    before = e(x).logits
+    with torch.no_grad():
+        model.cls_bias.add_(1.0)
+    after = e(x).logits
+    with torch.no_grad():
+        want = model(x).logits
+    assert torch.allclose(after, want, atol=1e-5) and not torch.allclose(before, after)
