@@ -123,16 +123,25 @@ class FeatureGrid(nn.Module):
                 f"{self.name}: weights do not fit (missing {missing}, unexpected {unexpected})"
             )
 
-    def colour_channels(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Colour-term fractions per grid cell, from every `step`-th pixel (>= 8x8 samples per
-        cell): at 288 px a 16th of the work of using every pixel, and no colour blending."""
+    def _sampled_rgb(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """RGB in [0, 1] from every `step`-th pixel (>= 8x8 samples per grid cell): at 288 px a
+        16th of the work of using every pixel, and no colour blending."""
         (gh, gw), (xh, xw) = (int(grid[0]), int(grid[1])), (int(x.shape[-2]), int(x.shape[-1]))
         step = max(1, min(xh // (8 * gh), xw // (8 * gw)))
-        rgb = (x[..., ::step, ::step] * self.std + self.mean).clamp(0, 1)
-        sh, sw = -(-xh // step), -(-xw // step)  # rgb's size
-        if sh % gh == 0 and sw % gw == 0:  # the same mean; and exports to ONNX (`cocoattr.engine`)
-            return F.avg_pool2d(colour_names(rgb), (sh // gh, sw // gw))
-        return F.adaptive_avg_pool2d(colour_names(rgb), (gh, gw))
+        return (x[..., ::step, ::step] * self.std + self.mean).clamp(0, 1)
+
+    @staticmethod
+    def _cell_mean(t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, gh, gw) means; a plain average pool when the cells tile the
+        input exactly (the same mean, and it exports to ONNX for `cocoattr.engine`)."""
+        (gh, gw), (sh, sw) = (int(grid[0]), int(grid[1])), (int(t.shape[-2]), int(t.shape[-1]))
+        if sh % gh == 0 and sw % gw == 0:
+            return F.avg_pool2d(t, (sh // gh, sw // gw))
+        return F.adaptive_avg_pool2d(t, (gh, gw))
+
+    def colour_channels(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Colour-term fractions per grid cell."""
+        return self._cell_mean(colour_names(self._sampled_rgb(x, grid)), grid)
 
     def scene_channels(
         self, x: torch.Tensor, grid: tuple[int, int], detections: NanoDetOutput | None
@@ -140,9 +149,7 @@ class FeatureGrid(nn.Module):
         """(B, 3, h, w): sky and vegetation fractions per cell, and the detected objects' cover
         of the frame. Fixed rules like the colour stem; on the gallery, sky alone ranks `sky`
         photos at AUC 0.89, vegetation ranks `plant` at 0.92, cover ranks `single` at 0.86."""
-        gh, gw = int(grid[0]), int(grid[1])
-        step = max(1, min(x.shape[-2] // (8 * gh), x.shape[-1] // (8 * gw)))
-        rgb = (x[..., ::step, ::step] * self.std + self.mean).clamp(0, 1)
+        rgb = self._sampled_rgb(x, grid)
         terms = colour_names(rgb)
         idx = {t: i for i, t in enumerate(COLOUR_TERMS)}
         lum = rgb.mean(1, keepdim=True)
@@ -155,7 +162,7 @@ class FeatureGrid(nn.Module):
         skyish = terms[:, idx["blue"]] + terms[:, idx["white"]] + 0.5 * terms[:, idx["gray"]]
         sky = skyish * smooth * upper
         vegetation = terms[:, idx["green"]] * (1 - smooth)
-        pooled = F.adaptive_avg_pool2d(torch.stack([sky, vegetation], 1), (gh, gw))
+        pooled = self._cell_mean(torch.stack([sky, vegetation], 1), grid)
         cover = torch.zeros_like(pooled[:, :1])
         if detections is not None:
             coarse = detections.scores[-1].amax(1, keepdim=True)  # best class per stride-32 cell
