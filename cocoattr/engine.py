@@ -23,13 +23,14 @@ import functools
 import hashlib
 import io
 import os
-import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from cocoattr.atomic import atomic_write_bytes
 from cocoattr.detector import NanoDetOutput
 from cocoattr.errors import notice
 from cocoattr.inference import InferenceModel, ObjectsOutput, objects_from
@@ -85,7 +86,10 @@ def export_onnx(model: AttributeModel, f: str | os.PathLike | io.BytesIO, weight
     names = graph.output_names()
     x = torch.zeros(2, 3, model.image_size, model.image_size)
     buffer = io.BytesIO()
-    with torch.no_grad():
+    # The TorchScript exporter warns about every shape it freezes (the input size is fixed per
+    # checkpoint) and about its own deprecation: nothing a user of `predict` can act on.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             graph, (x,), buffer, input_names=["images"], output_names=names, opset_version=OPSET,
             dynamic_axes={name: {0: "batch"} for name in ["images", *names]}, dynamo=False,
@@ -98,11 +102,7 @@ def export_onnx(model: AttributeModel, f: str | os.PathLike | io.BytesIO, weight
     if isinstance(f, io.BytesIO):
         f.write(data)
         return
-    path = Path(f)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)  # readers never see half a graph
+    atomic_write_bytes(f, data)  # readers never see half a graph
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
