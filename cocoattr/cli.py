@@ -16,12 +16,9 @@ from cocoattr.allocator import tune_malloc
 from cocoattr.errors import UserError, notice
 
 
-def writable_file(path: str | Path) -> Path:
-    """An output file path checked before any work starts: not a folder, and its folder writable."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder; give a file name to write")
-    parent = path.parent
+def _check_writable(path: Path, start: Path) -> Path:
+    """`start` or its nearest existing ancestor must be a folder we can write in."""
+    parent = start
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
@@ -29,6 +26,14 @@ def writable_file(path: str | Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{path}: cannot write in {parent} (permission denied)")
     return path
+
+
+def writable_file(path: str | Path) -> Path:
+    """An output file path checked before any work starts: not a folder, and its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a file name to write")
+    return _check_writable(path, path.parent)
 
 
 def writable_folder(path: str | Path) -> Path:
@@ -36,14 +41,7 @@ def writable_folder(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: is a file; give a folder to write the run into")
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{path}: cannot write in {parent} (permission denied)")
-    return path
+    return _check_writable(path, path)
 
 
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
