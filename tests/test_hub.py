@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cocoattr.engine import ONNX_NAME
 from cocoattr.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -121,8 +122,11 @@ def test_push_then_download(hub, tmp_path, checkpoint, run_cli):
     assert proc.returncode == 0, proc.stderr
     assert "/user/pushed/commit/" in proc.stdout
     assert hub.repos["user/pushed"][WEIGHTS_NAME] == (checkpoint / WEIGHTS_NAME).read_bytes()
-    shipped = {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "metrics.json"} & {p.name for p in folder.iterdir()}
-    assert {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME} <= shipped  # metrics.json too when the checkpoint has one
+    shipped = {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "metrics.json", ONNX_NAME} & {
+        p.name for p in folder.iterdir()
+    }
+    # metrics.json too when the checkpoint has one; model.onnx, which push exports for CPU serving
+    assert {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, ONNX_NAME} <= shipped
     assert set(hub.repos["user/pushed"]) == shipped  # and nothing else from the folder (no recipe.txt)
     proc = run_cli(["predict", "--checkpoint", "user/pushed", "--json", str(IMAGE)], hub.url, tmp_path / "hf")
     predict_json(proc)
