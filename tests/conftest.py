@@ -383,3 +383,23 @@ def hub_cli():
 
 
 # ============================================================================ end of fake Hub fixtures
+
+
+# ============================================================================ download fixtures
+# Used by tests/test_data_download.py and tests/test_data_download_lying.py.
+
+
+@pytest.fixture
+def unpinned(monkeypatch):
+    """coco-attributes as it was: no recorded size or sha256 (a mirror of another pickle)."""
+    from cocoattr.data import resources
+
+    entry = resources.Resource(
+        "coco-attributes",
+        "test",
+        (resources.RemoteFile(resources.COCOTTRIBUTES_BASE, "data/cocottributes_eccv_version.pkl"),),
+        None,
+        ("cocottributes/cocottributes_eccv_version.pkl",),
+    )
+    monkeypatch.setitem(resources.RESOURCES, "coco-attributes", entry)
+    return "/data/cocottributes_eccv_version.pkl"

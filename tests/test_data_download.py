@@ -259,19 +259,11 @@ def test_unknown_resource_and_bad_base_url(tmp_path):
         dl.download("coco-attributes", tmp_path, base_url="127.0.0.1:8000")
 
 
-def test_cli_download_fetches_a_plain_file(mirror, tmp_path, capsys, monkeypatch):
+def test_cli_download_fetches_a_plain_file(mirror, tmp_path, capsys, unpinned):
     # A small real pickle (the download checks the header and STOP opcode) under an entry without
     # the real file's recorded size and sha256.
     blob = pickle.dumps({"ann_vecs": {}, "split": {}}, protocol=4)
-    entry = resources.Resource(
-        "coco-attributes",
-        "test",
-        (resources.RemoteFile(resources.COCOTTRIBUTES_BASE, "data/cocottributes_eccv_version.pkl"),),
-        None,
-        ("cocottributes/cocottributes_eccv_version.pkl",),
-    )
-    monkeypatch.setitem(resources.RESOURCES, "coco-attributes", entry)
-    mirror.files["/data/cocottributes_eccv_version.pkl"] = blob
+    mirror.files[unpinned] = blob
     argv = ["data", "download", "coco-attributes", "--root", str(tmp_path), "--base-url", mirror.url]
     assert cli_main(argv) == 0
     path = tmp_path / "cocottributes" / "cocottributes_eccv_version.pkl"

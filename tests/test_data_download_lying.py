@@ -207,20 +207,6 @@ def server():
     s.close()
 
 
-@pytest.fixture
-def unpinned(monkeypatch):
-    """coco-attributes as it was: no recorded size or sha256 (a mirror of another pickle)."""
-    entry = resources.Resource(
-        "coco-attributes",
-        "test",
-        (resources.RemoteFile(resources.COCOTTRIBUTES_BASE, "data/cocottributes_eccv_version.pkl"),),
-        None,
-        ("cocottributes/cocottributes_eccv_version.pkl",),
-    )
-    monkeypatch.setitem(resources.RESOURCES, "coco-attributes", entry)
-    return "/data/cocottributes_eccv_version.pkl"
-
-
 def _nothing_kept(dest) -> None:
     assert not dest.exists(), "a bad file was kept under its real name"
     assert not dest.with_name(dest.name + ".sha256").exists(), "a bad file was vouched for"
