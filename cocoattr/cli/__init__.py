@@ -1,0 +1,65 @@
+"""`python -m cocoattr ...`: one argparse entry, one subcommand per job (a module per group).
+
+Handlers import their modules lazily so `--help` is instant. A `UserError` anywhere becomes
+one line on stderr and exit code 2; Ctrl-C exits 130 after whatever was finished is saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cocoattr.allocator import tune_malloc
+from cocoattr.cli import checkpoint, data, index, predict
+from cocoattr.cli.arguments import probability, writable_file, writable_folder
+from cocoattr.errors import UserError
+
+__all__ = ["build_parser", "main", "probability", "writable_file", "writable_folder"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cocoattr", description="Visual attributes: predict, search, train."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    predict.add_commands(sub)
+    checkpoint.add_commands(sub)
+    index.add_commands(sub)
+    data.add_commands(sub)
+    return parser
+
+
+def _query_words_not_flags(argv: list[str]) -> list[str]:
+    """`search furry -indoor --top-k 3`: an exclude looks like a flag to argparse. Move search's
+    own options first and the query words, in order, after `--`, wherever they were typed."""
+    if not argv or argv[0] != "search" or "--" in argv:
+        return argv
+    options, takes_value = {"-h", "--help", "--json", "--index", "--top-k"}, {"--index", "--top-k"}
+    flags, words, i = [], [], 1
+    while i < len(argv):
+        word = argv[i]
+        if word.split("=", 1)[0] in options:
+            flags.append(word)
+            if word in takes_value and i + 1 < len(argv):
+                flags.append(argv[i + 1])
+                i += 1
+        else:
+            words.append(word)
+        i += 1
+    return [argv[0], *flags, "--", *words] if words else [argv[0], *flags]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(_query_words_not_flags(argv))
+    tune_malloc()  # before any decode or model thread exists
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"cocoattr: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("cocoattr: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,107 @@
+"""`predict` and `evaluate`: a checkpoint's answers for images, and its scores on labelled ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cocoattr.cli.arguments import add_checkpoint, add_device, probability, writable_file
+from cocoattr.errors import UserError
+
+
+def _with_objects(predictor, paths: list[str], min_score: float):
+    """(path, prediction with objects or the error that skipped it), one image at a time."""
+    for path in paths:
+        try:
+            yield str(path), predictor.predict_objects([path], score_threshold=min_score)[0]
+        except UserError as e:
+            yield str(path), e
+
+
+def _print_prediction(path: str, probs: dict[str, float], objects: list[dict] | None, top_k: int,
+                      min_score: float) -> None:  # fmt: skip
+    """The table view of one image: its top-k rows, then (with --objects) one line per object."""
+    print(path)
+    for name, p in sorted(probs.items(), key=lambda kv: -kv[1])[:top_k]:
+        print(f"  {name:<18} {p:6.3f}  {'#' * round(p * 30)}")
+    if objects == []:
+        print(f"  (no objects above {min_score:.2f})")
+    for o in objects or []:
+        box = ",".join(str(round(v)) for v in o["box"])
+        top = ", ".join(f"{n} {p:.2f}" for n, p in list(o["attributes"].items())[:5])
+        print(f"  [{o['category']} {o['score']:.2f}]  box {box}  {top}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cocoattr.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size, device=args.device)
+    if args.objects and not predictor.has_detector:
+        raise UserError("this checkpoint has no object detector; --objects needs one (the default has it)")
+    names = predictor.attributes
+    results, failed = [], 0
+    if args.objects:
+        found = _with_objects(predictor, args.images, args.min_score)
+    else:
+        found = predictor.predict_files(args.images)
+    for path, result in found:
+        if isinstance(result, UserError):
+            failed += 1
+            print(f"cocoattr: skipped {result}", file=sys.stderr)
+            continue
+        probs = {n: round(float(p), 5) for n, p in zip(names, result.probs, strict=True)}
+        record = {"image": path, "attributes": probs}
+        if args.objects:  # --top-k attributes per object in the JSON, the top 5 in the table
+            record["objects"] = [
+                o.to_json(names, args.top_k if args.json else 5) for o in result.objects or []
+            ]
+        if not args.json:
+            _print_prediction(path, probs, record.get("objects"), args.top_k, args.min_score)
+        results.append(record)
+    if args.json:
+        json.dump(results, sys.stdout, indent=1)
+        print()
+    if failed:
+        print(f"cocoattr: {failed} of {failed + len(results)} images failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cocoattr.atomic import atomic_write_json
+    from cocoattr.evaluation import evaluate_checkpoint, format_table
+
+    out = writable_file(args.out) if args.out else None
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline, device=args.device)
+    print(format_table(result))
+    if out is not None:
+        atomic_write_json(out, result)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """`predict` and `evaluate`."""
+    p = sub.add_parser("predict", help="attribute probabilities for images")
+    add_checkpoint(p)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--top-k", type=int, default=10, help="rows per image in the table (default 10)")
+    p.add_argument("--json", action="store_true", help="print every attribute's probability as JSON")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--objects", action="store_true",
+                   help="also detect objects (COCO-80) and give each one's box and top-k attributes")  # fmt: skip
+    p.add_argument("--min-score", type=probability, default=0.35,
+                   help="with --objects: the detector score an object needs (default 0.35)")  # fmt: skip
+    add_device(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set")
+    add_checkpoint(p)
+    p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout")
+    p.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    p.add_argument(
+        "--baseline", action="store_true", help="also score the class-posterior-averaging baseline"
+    )
+    p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    add_device(p)
+    p.set_defaults(func=cmd_evaluate)
