@@ -28,8 +28,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,9 @@ from cocoattr.index import GALLERY, Index, checkpoint_identity, open_or_build
 from cocoattr.index_hub import checkpoint_mismatch, hub_repo
 from cocoattr.index_hub import open_index as open_hub_index
 from cocoattr.predictor import Predictor
-from cocoattr.serving import EMPTY_QUERY, MIN_SCORE, Service, about_text, search_tile
+from cocoattr.serving import MIN_SCORE, Service, about_text
+from cocoattr.ui.search_tab import search_tab
+from cocoattr.ui.widgets import UI, image_input, user_errors
 
 ENV_INDEX = "COCOATTR_INDEX"
 ENV_DEVICE = "COCOATTR_DEVICE"
@@ -62,68 +62,12 @@ EXAMPLE_NAMES = (
     "gradio_tower.jpg",
     "skimage_astronaut.jpg",
 )
-QUERY_EXAMPLES = (
-    "furry animal",
-    "red, -indoor",
-    "striped^2, animal",
-    "a cup of coffee on a table",
-    "metal, vehicle",
-)
-UI = {"api_visibility": "undocumented"}  # the UI's own events stay out of view_api()
 t0 = time.perf_counter()
 
 
 def log(message: str) -> None:
     """Start-up progress on stderr (what a Space's log shows while it boots)."""
     print(f"cocoattr app [{time.perf_counter() - t0:5.1f}s]: {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def _user_message(e: UserError) -> str:
-    """gr.Error renders HTML; file names come from users, so neutralise markup (keep '->' readable)."""
-    return str(e).replace("&", "&amp;").replace("<", "&lt;")
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Turn a `UserError` into a `gr.Error` the page shows (no traceback); the app keeps serving."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            raise gr.Error(_user_message(e), title="Cannot do that", print_exception=False) from None
-
-    return wrapper
-
-
-def image_input(**kwargs: Any) -> gr.Image:
-    """A stock gr.Image whose upload reaches our code as an unopened file path.
-
-    gr.Image opens the upload before our function runs (and decodes it for some modes), so a
-    PDF renamed .jpg or a 20000x20000 PNG would fail inside gradio with an internal-looking
-    message. Replacing this instance's `preprocess` lets `cocoattr.images.load_image` alone
-    decide, with its readable UserErrors. (A subclass would do too, but gradio then writes an
-    app.pyi stub next to this file and needs a custom frontend id.) The frontend and the API
-    type (filepath for gradio_client) stay those of gr.Image.
-    """
-    component = gr.Image(type="filepath", image_mode=None, **kwargs)
-    stock = component.preprocess
-
-    def preprocess(payload: Any) -> str | None:
-        if payload is None:
-            return None
-        if getattr(payload, "path", None):
-            return str(payload.path)
-        try:  # a data: URL (no file yet): let gradio write it to its cache
-            return stock(payload)
-        except Exception as e:  # gradio raises several types for undecodable data
-            raise gr.Error(f"not an image ({type(e).__name__})", print_exception=False) from None
-
-    component.preprocess = preprocess  # type: ignore[method-assign]
-    return component
 
 
 # --------------------------------------------------------------------------- start-up
@@ -322,72 +266,6 @@ def heatmap_tab(s: Service) -> gr.Image:
     for ctl in (n, opacity):
         ctl.release(ui_heatmap, inputs, outputs, show_progress="hidden", **UI)
     return image
-
-
-def _search_tiles(s: Service, query: str, image: str | None, top_k: float) -> tuple:
-    """The Search tab's (gallery tiles, notes) for a query or a query photo."""
-    query = (query or "").strip()
-    if not query and not image:
-        gr.Warning(f"Empty query: {EMPTY_QUERY}, or drop a photo.")
-        return [], ""
-    result = user_errors(s.search)(query if not image else "", int(top_k), image or None)
-    tiles = [search_tile(h, i) for i, h in enumerate(result.hits)]
-    what = "the query photo" if image else f"`{query}`"
-    notes = f"{len(result.hits)} of {len(s.index)} images for {what}."
-    if result.notes:
-        notes += " Read as: " + "; ".join(result.notes)
-    return tiles, notes
-
-
-def _add_term(query: str, term: str | None, mode: str) -> tuple:
-    """Append the picked attribute (negated for 'exclude') to the query box, then clear the picker."""
-    if not term:
-        return gr.Textbox(), gr.Dropdown()
-    term = ("-" if mode == "exclude" else "") + term
-    query = (query or "").strip().rstrip(",")
-    return (f"{query}, {term}" if query else term), gr.Dropdown(value=None)
-
-
-def search_tab(s: Service) -> None:
-    """Attribute query, free text or a query photo -> a gallery of ranked images with why they rank."""
-    with gr.Tab("Search", id="search"):
-        with gr.Row():
-            with gr.Column(scale=3):
-                query = gr.Textbox(
-                    label="query",
-                    placeholder="red, furry, -indoor   or   a dog on a beach",
-                    info="attributes separated by commas; -x excludes x; x^2 weighs x twice; anything else is free text",
-                    elem_id="search-query",
-                )
-                with gr.Row():
-                    pick = gr.Dropdown(
-                        choices=sorted(s.names),
-                        value=None,
-                        filterable=True,
-                        scale=3,
-                        label="add an attribute (type to autocomplete)",
-                    )
-                    mode = gr.Radio(["include", "exclude"], value="include", label="as", scale=1)
-                gr.Examples([[q] for q in QUERY_EXAMPLES], inputs=[query], label="try")
-            with gr.Column(scale=2):
-                image = image_input(
-                    label="…or search by photo",
-                    height=200,
-                    sources=["upload", "clipboard"],
-                    elem_id="search-image",
-                )
-                top_k = gr.Slider(1, 48, value=12, step=1, label="results")
-                button = gr.Button("Search", variant="primary")
-        notes = gr.Markdown(elem_id="search-notes")
-        results = gr.Gallery(label="results", columns=6, height="auto", elem_id="search-results")
-
-    def ui_search(query: str, image: str | None, top_k: float) -> tuple:
-        return _search_tiles(s, query, image, top_k)
-
-    inputs, outputs = [query, image, top_k], [results, notes]
-    gr.on([button.click, query.submit], ui_search, inputs, outputs, **UI)
-    image.upload(ui_search, inputs, outputs, **UI)
-    pick.input(_add_term, [query, pick, mode], [query, pick], show_progress="hidden", **UI)
 
 
 # --------------------------------------------------------------------------- about

@@ -278,7 +278,9 @@ def test_app_serves_a_hub_index_and_says_a_checkpoint_mismatch_once(
     assert [s for s in said if "serving it anyway" in s] == [said[0]] and len(said) == 1
     assert "someone/else" in said[0]
     s = app.Service(app_predictor, served)
-    tiles, notes = app._search_tiles(s, "animal", None, 2)
+    from cocoattr.ui.search_tab import _search_tiles
+
+    tiles, notes = _search_tiles(s, "animal", None, 2)
     image, caption = tiles[0]
     assert isinstance(image, Image.Image) and max(image.size) == 256  # drawn from the thumbnail
     assert "COCO: cat" in caption and "A lion resting in the grass." in caption and "of 4 images" in notes
