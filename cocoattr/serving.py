@@ -208,7 +208,7 @@ def _tile_caption(h: Hit, i: int) -> str:
     """Short enough for a grid tile: rank, then how well it matches (the details are beside the grid)."""
     if h.from_terms and h.attributes:
         joint = math.exp(h.terms_log_p) if h.terms_log_p is not None else math.prod(h.attributes.values())
-        return f"#{i + 1} · {h.terms_matched}/{len(h.attributes)} terms · P {joint:.2f}"
+        return f"#{i + 1} · {h.terms_matched}/{len(h.attributes)} · P {joint:.2f}"
     sim = h.photo_similarity if h.photo_similarity is not None else h.text_similarity
     return f"#{i + 1} · similarity {sim:.2f}" if sim is not None else f"#{i + 1}"
 

@@ -31,10 +31,12 @@ QUERY_EXAMPLES = (
 GRID_CSS = """<style>
 #search-results .grid-container, #search-heatmaps .grid-container {
   grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; }
+#search-results .grid-wrap, #search-heatmaps .grid-wrap { max-height: none !important; min-height: 0 !important; }
 @media (max-width: 640px) {
   #search-results .grid-container, #search-heatmaps .grid-container {
     grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
 </style>"""
+# The results table; on a phone each row becomes a small card (cell labels from data-label).
 TABLE_CSS = """
 .search-table { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
@@ -44,6 +46,13 @@ td.ok { font-weight: 600; color: var(--color-accent); }
 td.no { opacity: 0.6; }
 td.name { word-break: break-all; min-width: 9em; }
 td.caption { min-width: 16em; }
+@media (max-width: 640px) {
+  thead { display: none; }
+  tr { display: block; padding: 6px 0; border-bottom: 1px solid var(--border-color-primary); }
+  td { display: inline-block; border: none; padding: 2px 6px; min-width: 0 !important; }
+  td::before { content: attr(data-label) " "; opacity: 0.7; font-weight: normal; }
+  td.name, td.caption { display: block; }
+}
 """
 # Keep the search in the page URL (?q=...&like=...&n=...) so it can be shared; other parameters stay.
 URL_JS = """(share) => {

@@ -106,9 +106,9 @@ def facet_choices(results: Results) -> list[tuple[str, str]]:
     return [(f"{a} · {c}/{of}", a) for a, c in results.facets]
 
 
-def _cell(p: float) -> str:
-    cls = "ok" if p >= CUTOFF else "no"
-    return f'<td class="{cls}">{p:.2f}</td>'
+def _td(label: str, text: str, cls: str = "") -> str:
+    attrs = f' class="{cls}"' if cls else ""
+    return f'<td data-label="{html.escape(label)}"{attrs}>{text}</td>'
 
 
 def table_html(hits: Sequence[Hit]) -> str:
@@ -118,28 +118,30 @@ def table_html(hits: Sequence[Hit]) -> str:
         return ""
     terms = hits[0].from_terms
     keys = list(hits[0].attributes) if terms else []
-    head = ["#", "image"] + [term_label(k) for k in keys]
+    labels = [term_label(k) for k in keys]
+    sims = any(_similarity(h) is not None for h in hits)
+    head = ["#", "image", *labels]
     head += ["matches", "P(all terms)"] if terms else ["shared attributes"]
-    sims = any(
-        (h.photo_similarity if h.photo_similarity is not None else h.text_similarity) is not None
-        for h in hits
-    )
     head += ["similarity"] if sims else []
     head.append("caption")
     rows = []
     for i, h in enumerate(hits):
-        cells = [f"<td>{i + 1}</td>", f"<td class='name'>{html.escape(h.image)}</td>"]
+        cells = [_td("#", str(i + 1)), _td("", html.escape(h.image), "name")]
         if terms:
-            cells += [_cell(h.attributes.get(k, 0.0)) for k in keys]
-            joint = _joint(h)
-            cells += [f"<td>{h.terms_matched}/{len(h.attributes)}</td>", f"<td>{joint:.2f}</td>"]
+            for k, label in zip(keys, labels, strict=True):
+                p = h.attributes.get(k, 0.0)
+                cells.append(_td(label, f"{p:.2f}", "ok" if p >= CUTOFF else "no"))
+            cells += [
+                _td("matches", f"{h.terms_matched}/{len(h.attributes)}"),
+                _td("P(all terms)", f"{_joint(h):.2f}"),
+            ]
         else:
             shared = ", ".join(f"{a} {p:.2f}" for a, p in h.attributes.items())
-            cells.append(f"<td>{html.escape(shared)}</td>")
+            cells.append(_td("shared:", html.escape(shared)))
         if sims:
-            sim = h.photo_similarity if h.photo_similarity is not None else h.text_similarity
-            cells.append(f"<td>{'' if sim is None else f'{sim:.2f}'}</td>")
-        cells.append(f"<td class='caption'>{html.escape(h.caption)}</td>")
+            sim = _similarity(h)
+            cells.append(_td("similarity", "" if sim is None else f"{sim:.2f}"))
+        cells.append(_td("", html.escape(h.caption), "caption"))
         rows.append(f"<tr>{''.join(cells)}</tr>")
     header = "".join(f"<th>{html.escape(c)}</th>" for c in head)
     return (
@@ -149,6 +151,10 @@ def table_html(hits: Sequence[Hit]) -> str:
         + "".join(rows)
         + "</tbody></table></div>"
     )
+
+
+def _similarity(h: Hit) -> float | None:
+    return h.photo_similarity if h.photo_similarity is not None else h.text_similarity
 
 
 def _joint(h: Hit) -> float:
