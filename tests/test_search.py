@@ -63,7 +63,10 @@ def test_one_hit_type_gives_the_cli_row_and_the_api_row():
     assert [{k: m[k] for k in ("attribute", "probability")} for m in row["matched"]] == [
         {"attribute": "red", "probability": 0.9}, {"attribute": "-indoor", "probability": 0.8}
     ]  # fmt: skip
-    assert [(m["label"], m["satisfied"]) for m in row["matched"]] == [("P(red)", True), ("P(not indoor)", True)]
+    assert [(m["label"], m["satisfied"]) for m in row["matched"]] == [
+        ("P(red)", True),
+        ("P(not indoor)", True),
+    ]
     assert row["terms_matched"] == row["terms"] == 2
     assert row["explanation"] == "matches 2/2 terms: P(red) 0.90 × P(not indoor) 0.80 = 0.72"
     hit.text_similarity = 0.5

@@ -30,13 +30,13 @@ QUERY_EXAMPLES = (
 # whose last tiles fall off a narrow screen.
 GRID_CSS = """<style>
 #search-results .grid-container, #search-heatmaps .grid-container {
-  grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; }
+  grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; padding-top: 26px; }
 #search-results .grid-wrap, #search-heatmaps .grid-wrap { max-height: none !important; min-height: 0 !important; }
 @media (max-width: 640px) {
   #search-results .grid-container, #search-heatmaps .grid-container {
     grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
 </style>"""
-# The results table; on a phone each row becomes a small card (cell labels from data-label).
+# The results table; on a phone each row becomes a small card with labelled cells.
 TABLE_CSS = """
 .search-table { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
@@ -46,11 +46,12 @@ td.ok { font-weight: 600; color: var(--color-accent); }
 td.no { opacity: 0.6; }
 td.name { word-break: break-all; min-width: 9em; }
 td.caption { min-width: 16em; }
+td .label { display: none; }
 @media (max-width: 640px) {
   thead { display: none; }
   tr { display: block; padding: 6px 0; border-bottom: 1px solid var(--border-color-primary); }
   td { display: inline-block; border: none; padding: 2px 6px; min-width: 0 !important; }
-  td::before { content: attr(data-label) " "; opacity: 0.7; font-weight: normal; }
+  td .label { display: inline; opacity: 0.7; font-weight: normal; }
   td.name, td.caption { display: block; }
 }
 """
@@ -249,8 +250,13 @@ def _wire(p: _Page) -> None:
                         [p.query, p.image, p.like, p.shown], out, **UI))  # fmt: skip
     for pick in (p.facets, p.suggest):
         shared(pick.input(p.add, [p.query, p.image, p.like, pick, p.mode], out, **UI))
-    shared(p.add_box.submit(p.complete, [p.query, p.image, p.like, p.add_box, p.mode], out, **UI))
-    p.add_box.input(p.suggestions, p.add_box, p.suggest, trigger_mode="always_last", **hidden)
+    typing = p.add_box.input(p.suggestions, p.add_box, p.suggest, trigger_mode="always_last", **hidden)
+    # Enter adds the best completion; a suggestion still on its way must not reappear after it.
+    shared(
+        p.add_box.submit(
+            p.complete, [p.query, p.image, p.like, p.add_box, p.mode], out, cancels=[typing], **UI
+        )
+    )
     p.results.select(p.select, p.hits, [p.card, p.heat, p.detail, p.selected], **UI).then(
         None, js=SCROLL_HIT_JS, **UI
     )

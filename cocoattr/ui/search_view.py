@@ -107,8 +107,10 @@ def facet_choices(results: Results) -> list[tuple[str, str]]:
 
 
 def _td(label: str, text: str, cls: str = "") -> str:
+    """A cell; its label (hidden beside a header, shown when a phone turns rows into cards)."""
     attrs = f' class="{cls}"' if cls else ""
-    return f'<td data-label="{html.escape(label)}"{attrs}>{text}</td>'
+    tag = f'<span class="label">{html.escape(label)} </span>' if label else ""
+    return f"<td{attrs}>{tag}{text}</td>"
 
 
 def table_html(hits: Sequence[Hit]) -> str:
