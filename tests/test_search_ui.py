@@ -212,3 +212,57 @@ def test_terms_are_appended_and_the_query_round_trips_through_the_url() -> None:
     assert view.read_share({"q": "x", "like": "a.jpg", "n": "99999"}) == ("x", "a.jpg", view.MAX_SHOWN)
     assert view.read_share({"n": "lots"}) == ("", None, view.PAGE)
     assert view.share_query("", None, 24) == ""
+
+
+# ----------------------------------------------------------------------------- the Service and /search
+
+
+def test_the_service_combines_a_cached_photo_with_terms_and_draws_a_hits_heatmaps(
+    index, real_index, app_predictor
+):
+    from cocoattr.serving import Service
+
+    calls = []
+    service = Service(app_predictor, index, concurrency=1)
+    predict = service.cache.predict
+    service.cache.predict = lambda image: calls.append(1) or predict(image)
+    lion = str(real_index[0] / "gradio_lion.jpg")
+    first = service.search("-furry", 3, lion, cutoff=True)
+    again = service.search("-furry, outdoor", 3, lion, cutoff=True)  # load more / a facet: same photo
+    assert len(calls) == 1, "the query photo runs the model once, then comes from the cache"
+    want = find(index, "-furry", image=lion, k=3, predictor=app_predictor, cutoff=True)
+    assert [(h.image, round(h.score, 4)) for h in first.hits] == [
+        (h.image, round(h.score, 4)) for h in want.hits
+    ]
+    assert all(h.satisfied for h in again.hits) and again.matching == len(
+        _satisfying(index, ["outdoor"], ["furry"])
+    )
+    like = service.search("", 2, None, like="gradio_lion.jpg")
+    assert like.hits[0].image == "gradio_lion.jpg" and len(calls) == 1, "more like this: the stored embedding"
+    hit = first.hits[0]
+    tiles = service.hit_heatmaps(hit, list(hit.attributes))
+    p = float(service.prediction(str(hit.path)).prediction.probs[app_predictor.attributes.index("furry")])
+    assert [label for _, label in tiles] == [f"furry: P(not furry) {1 - p:.2f}"]
+    assert tiles[0][0].size == service.prediction(str(hit.path)).shown.size
+
+
+def test_the_search_api_combines_text_with_the_photo_and_keeps_its_keys(app_client) -> None:
+    from gradio_client import handle_file
+
+    lion = handle_file(str(real_gallery() / "gradio_lion.jpg"))
+    photo = app_client.predict("", 5, lion, api_name="/search")
+    assert photo[0]["image"] == "gradio_lion.jpg", "the photo alone: itself first"
+    both = app_client.predict("-furry", 5, lion, api_name="/search")
+    assert both[0]["image"] != "gradio_lion.jpg", "the typed -furry is no longer ignored"
+    for row in both:
+        assert {"rank", "image", "score", "matched", "caption"} <= set(row)
+        assert [(m["attribute"], m["label"]) for m in row["matched"]] == [("-furry", "P(not furry)")]
+        assert row["satisfies"] == (row["matched"][0]["probability"] >= CUTOFF)
+        assert 0 < row["photo_similarity"] <= 1.0001 and row["explanation"].startswith("matches ")
+    assert [r["score"] for r in both] == sorted((r["score"] for r in both), reverse=True)
+
+
+def real_gallery():
+    from cocoattr.data.gallery import gallery_root
+
+    return gallery_root() / "images"
