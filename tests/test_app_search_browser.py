@@ -166,7 +166,7 @@ def test_a_shared_url_brings_the_search_back(browser, app_server, index, app_bad
     expect(_tiles(page)).to_have_count(0)
     # A bad query photo: the note says why (no stale results, no traceback).
     page.locator("#search-image input[type=file]").set_input_files(str(app_bad_files["pdf"]))
-    expect(page.locator("#search-notes")).to_contain_text("No results for the photo")
+    expect(page.locator("#search-notes")).to_contain_text("No results for the query photo")
     expect(page.locator("#search-notes")).to_contain_text("not an image")
     assert not page.errors, page.errors  # type: ignore[attr-defined]
     context.close()

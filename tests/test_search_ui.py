@@ -69,6 +69,8 @@ def test_nothing_satisfies_is_an_empty_answer_not_padding(index) -> None:
     assert _satisfying(index, ["vehicle", "furry"], []) == set()
     res = find(index, "vehicle, furry", k=10, cutoff=True)
     assert res.hits == [] and res.matching == 0 and res.hidden == len(index) and res.facets == []
+    assert view.no_results_note("zzzz", "nothing matches") == "**No results for `zzzz`**: nothing matches"
+    assert view.no_results_note("", "bad", like="a.jpg").startswith("**No results for images like `a.jpg`**")
     note = view.results_note(res, "vehicle, furry", None, False)
     assert note.startswith("**No image satisfies** `vehicle, furry`") and f"all {len(index)}" in note
 

@@ -99,7 +99,7 @@ class _Page:
         try:
             res = self.s.search(query, n, image, like=like, cutoff=True)
         except UserError as e:
-            return base | self.cleared(view.no_results_note(query or "the photo", str(e)))
+            return base | self.cleared(view.no_results_note(query, str(e), like, photo))
         note = view.results_note(res, query, like, photo)
         if res.matching == 0:
             note += view.closest_note(self.s.search(query, 1, image, like=like).hits[0])

@@ -91,9 +91,9 @@ def results_note(results: Results, query: str, like: str | None, photo: bool) ->
     return line
 
 
-def no_results_note(query: str, why: str) -> str:
+def no_results_note(query: str, why: str, like: str | None = None, photo: bool = False) -> str:
     """The note for a query nothing can be scored for (it replaces the previous query's note)."""
-    return f"**No results for `{query}`**: {why}"
+    return f"**No results for {_what(query, like, photo)}**: {why}"
 
 
 def closest_note(hit: Hit) -> str:
