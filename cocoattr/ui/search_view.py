@@ -125,6 +125,8 @@ def table_html(hits: Sequence[Hit]) -> str:
     head = ["#", "image", *labels]
     head += ["matches", "P(all terms)"] if terms else ["shared attributes"]
     head += ["similarity"] if sims else []
+    coco = any(h.categories for h in hits)
+    head += ["COCO categories"] if coco else []
     head.append("caption")
     rows = []
     for i, h in enumerate(hits):
@@ -143,6 +145,8 @@ def table_html(hits: Sequence[Hit]) -> str:
         if sims:
             sim = _similarity(h)
             cells.append(_td("similarity", "" if sim is None else f"{sim:.2f}"))
+        if coco:
+            cells.append(_td("COCO:", html.escape(", ".join(h.categories))))
         cells.append(_td("", html.escape(h.caption), "caption"))
         rows.append(f"<tr>{''.join(cells)}</tr>")
     header = "".join(f"<th>{html.escape(c)}</th>" for c in head)
