@@ -215,8 +215,8 @@ def satisfied(shown: np.ndarray, free_text: bool) -> np.ndarray | None:
 
 
 def _search(index: Index, query: Query, k: int, backend: str, use_encoder: bool,
-            photo: np.ndarray | None, cutoff: bool) -> tuple[list[Hit], np.ndarray | None]:  # fmt: skip
-    """The best `k` hits and the (N,) satisfied mask (None when the query has no terms)."""
+            photo: np.ndarray | None, cutoff: bool, count: bool) -> tuple[list[Hit], np.ndarray | None]:  # fmt: skip
+    """The best `k` hits and, when `cutoff` or `count`, the (N,) satisfied mask (None: no terms)."""
     terms, text_vec = _terms(index, query, use_encoder)
     if not terms and text_vec is None and photo is None:
         raise UserError("nothing in the query can be scored against this index")
@@ -224,7 +224,8 @@ def _search(index: Index, query: Query, k: int, backend: str, use_encoder: bool,
         return [], None
     engine = index.backend(backend)
     term_scores, shown = score_terms(terms, index.probs_by_column, index.attributes)
-    ok = satisfied(shown, text_vec is not None)
+    free = text_vec is not None
+    ok = satisfied(shown, free) if cutoff or count else None  # over every row only when asked (1M rows)
     scores, sims, photo_sims = term_scores, None, None
     if text_vec is not None and not terms and photo is None:  # free text alone: the backend's own top-k
         top, top_sims = engine.top_k(text_vec, k)
@@ -238,8 +239,11 @@ def _search(index: Index, query: Query, k: int, backend: str, use_encoder: bool,
         if photo is not None:
             photo_sims = engine.scores(photo)
             scores = scores + photo_sims / index.temperature
-        rows = np.flatnonzero(ok) if cutoff and ok is not None else np.arange(len(index))
-        top = rows[top_indices(scores[rows], k)]
+        if cutoff and ok is not None:
+            rows = np.flatnonzero(ok)
+            top = rows[top_indices(scores[rows], k)]
+        else:
+            top = top_indices(scores, k)
     hits = []
     for i in top:
         attrs = {t.key: round(float(shown[i, j]), 4) for j, t in enumerate(terms)}
@@ -248,7 +252,8 @@ def _search(index: Index, query: Query, k: int, backend: str, use_encoder: bool,
         hit.from_terms = bool(terms)
         hit.terms_log_p = float(term_scores[i]) if terms else None
         hit.photo_similarity = None if photo_sims is None else float(photo_sims[i])
-        hit.satisfied = None if ok is None else bool(ok[i])
+        holds = satisfied(shown[i : i + 1], free)
+        hit.satisfied = None if holds is None else bool(holds[0])
         hits.append(hit)
     return hits, ok
 
@@ -268,7 +273,7 @@ def search(
     if isinstance(query, str):
         query = parse_query(query, attributes=index.attributes, attribute_embeddings=index.attribute_text,
                             use_encoder=use_encoder)  # fmt: skip
-    return _search(index, query, k, backend, use_encoder, photo, cutoff)[0]
+    return _search(index, query, k, backend, use_encoder, photo, cutoff, False)[0]
 
 
 @dataclass(frozen=True)
@@ -372,7 +377,9 @@ def find(
             hits, None, [NEIGHBOURS_NOTE], total=len(index), facets=facets(index, [h.row for h in hits])
         )
     query = parse_query(text, attributes=index.attributes, attribute_embeddings=index.attribute_text)
-    hits, ok = _search(index, query, k, backend, True, None if photo is None else photo.embedding, cutoff)
+    hits, ok = _search(
+        index, query, k, backend, True, None if photo is None else photo.embedding, cutoff, True
+    )
     notes = [str(m) for m in query.mappings if m.how != "attribute"] + list(query.warnings)
     if photo is not None:
         notes.append("combined with the query photo: log P(terms) + photo cosine / temperature")
