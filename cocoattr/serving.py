@@ -7,7 +7,10 @@ by file content, and the answers of the named API (/predict, /heatmap, /objects,
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
+import math
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,12 +20,13 @@ import numpy as np
 from PIL import Image
 
 from cocoattr import viz
+from cocoattr.atomic import atomic_write_bytes
 from cocoattr.cache import Cached, PredictionCache
 from cocoattr.errors import UserError
 from cocoattr.hub import read_metrics
 from cocoattr.images import load_image
 from cocoattr.index import GALLERY, Index
-from cocoattr.search import Hit, Results, find
+from cocoattr.search import Hit, Photo, Results, check_checkpoint, find
 from cocoattr.vocab import TYPES
 
 if TYPE_CHECKING:
@@ -134,21 +138,63 @@ class Service:
             lines.append(f"- **{label}**: {top}")
         return (item.shown, boxes), colours, "\n".join(lines)
 
-    def search(self, query: str, top_k: int, image: str | None = None) -> Results:
-        """`cocoattr.search.find` on the model threads (a photo runs the model, free text MiniLM)."""
-        photo = load_image(image, name=Path(image).name) if image else None  # no server paths in errors
-        return self.on_model_thread(find, self.index, query, image=photo, k=top_k, predictor=self.predictor)
+    def search(
+        self,
+        query: str,
+        top_k: int,
+        image: str | None = None,
+        *,
+        like: str | None = None,
+        cutoff: bool = False,
+    ) -> Results:
+        """`cocoattr.search.find` on the model threads: query text, a query photo (an uploaded file,
+        its prediction cached like every tab's, or `like`, an image of the index by its relative
+        path) or both combined; `cutoff` ranks only the images that satisfy the query."""
+        photo = None
+        if like:
+            photo = Photo.row(self.index, like)
+        elif image:
+            check_checkpoint(self.index, self.predictor)
+            pred = self.prediction(image).prediction  # no server paths in errors
+            photo = Photo(pred.embedding, pred.probs)
+        return self.on_model_thread(find, self.index, query, photo=photo, k=top_k, cutoff=cutoff)
 
     def search_rows(self, query: str = "", top_k: int = 10, image: str | None = None) -> list[dict]:
-        """/search: ranked rows for an attribute query, free text, or a query photo."""
+        """/search: ranked rows for an attribute query, free text, a query photo, or photo + terms."""
         query = (query or "").strip()
         if not query and not image:
             raise UserError(f"empty query: {EMPTY_QUERY}, or give a photo")
         result = self.search(query, max(1, min(int(top_k or 10), MAX_RESULTS)), image or None)
         return [h.to_api(i + 1) for i, h in enumerate(result.hits)]
 
+    def hit_heatmaps(self, hit: Hit, attributes: list[str], opacity: float = 0.55) -> list[tuple[Any, str]]:
+        """Where the model sees each of `attributes` in a search hit: [(overlay, 'red: P(red) 0.87')]."""
+        item = self.prediction(str(_hit_file(hit)))
+        pred, names = item.prediction, self.names
+        tiles = []
+        for key in attributes:
+            name = key.lstrip("-")
+            if name not in names:
+                continue
+            p = float(pred.probs[names.index(name)])
+            label = f"{name}: P(not {name}) {1 - p:.2f}" if key.startswith("-") else f"{name}: P {p:.2f}"
+            tiles.append((self.overlay(item.shown, pred, name, opacity, viz.DEFAULT_CMAP), label))
+        return tiles
+
 
 # ----------------------------------------------------------------------------- what the page shows
+
+
+def _hit_file(h: Hit) -> Path:
+    """The hit's file when this machine has it, else its index thumbnail written to a temporary file."""
+    if h.path.is_file() or not h.thumbnail:
+        return h.path
+    out = (
+        Path(tempfile.gettempdir()) / "cocoattr-thumbnails" / f"{hashlib.sha256(h.thumbnail).hexdigest()}.jpg"
+    )
+    if not out.is_file():
+        atomic_write_bytes(out, h.thumbnail)
+    return out
 
 
 def _tile_image(h: Hit) -> Any:
@@ -159,16 +205,12 @@ def _tile_image(h: Hit) -> Any:
 
 
 def _tile_caption(h: Hit, i: int) -> str:
-    """Why it ranked, then (a COCO index) its ground-truth categories and first caption."""
-    text = (
-        ", ".join(f"{a} {p:.2f}" for a, p in list(h.attributes.items())[:4])
-        + f" · #{i + 1}, score {h.score:.2f}"
-    )
-    if h.categories:
-        text += f" · COCO: {', '.join(h.categories)}"
-    if h.coco_id is not None and h.caption:
-        text += f" · “{h.caption}”"
-    return text
+    """Short enough for a grid tile: rank, then how well it matches (the details are beside the grid)."""
+    if h.from_terms and h.attributes:
+        joint = math.exp(h.terms_log_p) if h.terms_log_p is not None else math.prod(h.attributes.values())
+        return f"#{i + 1} · {h.terms_matched}/{len(h.attributes)} · P {joint:.2f}"
+    sim = h.photo_similarity if h.photo_similarity is not None else h.text_similarity
+    return f"#{i + 1} · similarity {sim:.2f}" if sim is not None else f"#{i + 1}"
 
 
 def search_tile(h: Hit, i: int) -> tuple[Any, str]:

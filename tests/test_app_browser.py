@@ -100,11 +100,11 @@ def test_predict_heatmaps_and_search_in_the_browser(page, app_predictor, app_art
     box = page.locator("#search-query textarea")
     box.fill("furry animal")
     box.press("Enter")
-    expect(page.locator("#search-notes")).to_contain_text("images for")
+    expect(page.locator("#search-notes")).to_contain_text("images satisfy")
     results = page.locator("#search-results img")
     expect(results.first).to_be_visible()
     assert results.count() >= 3
-    expect(page.locator("#search-results")).to_contain_text("furry")
+    expect(page.locator("#search-table")).to_contain_text("P(furry)")  # each term's own probability
     page.screenshot(path=str(app_artifacts / "app_search.png"), full_page=True)
     assert not page.errors, page.errors  # type: ignore[attr-defined]
 

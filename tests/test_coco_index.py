@@ -278,12 +278,16 @@ def test_app_serves_a_hub_index_and_says_a_checkpoint_mismatch_once(
     assert [s for s in said if "serving it anyway" in s] == [said[0]] and len(said) == 1
     assert "someone/else" in said[0]
     s = app.Service(app_predictor, served)
-    from cocoattr.ui.search_tab import _search_tiles
+    from cocoattr.serving import search_tile
+    from cocoattr.ui import search_view
 
-    tiles, notes = _search_tiles(s, "animal", None, 2)
-    image, caption = tiles[0]
+    result = s.search("animal", 2, cutoff=True)
+    image, _ = search_tile(result.hits[0], 0)
     assert isinstance(image, Image.Image) and max(image.size) == 256  # drawn from the thumbnail
-    assert "COCO: cat" in caption and "A lion resting in the grass." in caption and "of 4 images" in notes
+    table, card = search_view.table_html(result.hits), search_view.hit_card(result.hits[0], 1)
+    assert "COCO categories" in table and '<td><span class="label">COCO: </span>cat</td>' in table
+    assert "A lion resting in the grass." in table and "COCO categories: cat" in card
+    assert "of 4 images" in search_view.results_note(result, "animal", None, False)
 
 
 def test_app_offline_without_a_cache_falls_back_to_the_gallery(app_predictor, tmp_path, monkeypatch):

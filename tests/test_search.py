@@ -57,13 +57,18 @@ def test_one_hit_type_gives_the_cli_row_and_the_api_row():
         "score": 1.23457,
         "attributes": {"red": 0.9, "-indoor": 0.8},
     }
-    assert hit.to_api(3) == {
-        "rank": 3,
-        "image": "sub/a.jpg",
-        "score": 1.2346,
-        "matched": [{"attribute": "red", "probability": 0.9}, {"attribute": "-indoor", "probability": 0.8}],
-        "caption": "a red car",
-    }
+    row = hit.to_api(3)
+    original = {"rank": 3, "image": "sub/a.jpg", "score": 1.2346, "caption": "a red car"}
+    assert {k: row[k] for k in original} == original  # the keys /search has always had, unchanged
+    assert [{k: m[k] for k in ("attribute", "probability")} for m in row["matched"]] == [
+        {"attribute": "red", "probability": 0.9}, {"attribute": "-indoor", "probability": 0.8}
+    ]  # fmt: skip
+    assert [(m["label"], m["satisfied"]) for m in row["matched"]] == [
+        ("P(red)", True),
+        ("P(not indoor)", True),
+    ]
+    assert row["terms_matched"] == row["terms"] == 2
+    assert row["explanation"] == "matches 2/2 terms: P(red) 0.90 × P(not indoor) 0.80 = 0.72"
     hit.text_similarity = 0.5
     assert hit.to_json()["text_similarity"] == 0.5 and "text_similarity" not in hit.to_api(1)
 

@@ -113,7 +113,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     text, image = " ".join(args.query), _image_query(args.query)
     if image is not None:
         notice(f"query by image: nearest neighbours of {text}")
-    results = find(index, text, image=image, k=args.top_k)
+    results = find(index, "" if image is not None else text, image=image, k=args.top_k)  # a path: no terms
     if results.query is not None:
         notice(results.query.describe())
         for w in results.query.warnings:
