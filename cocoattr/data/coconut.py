@@ -354,7 +354,7 @@ def coverage(vocab: Vocabulary | None = None, mapping: CoconutMapping | None = N
         source = ", ".join(c.name for c in cats if name in c.implies + c.context)
         if not source:
             parents = [a for a, e in mapping.exhaustive.items() if name in e.also]
-            via = sorted(a for a in targets - exhaustive if name in vocab.closure({a}))
+            via = sorted(a for a in targets if a != name and name in vocab.closure({a}))
             source = f"(no {', '.join(parents)})" if parents else f"(via {', '.join(via)})"
         rule = mapping.exhaustive.get(name)
         unless = ", ".join(sorted(names[i] for i in rule.unless)) if rule else ""
