@@ -80,9 +80,10 @@ IMAGES = {
 }
 
 
-def write_shard(path: Path | None, gallery_root: Path | None) -> pa.Table:
+def write_shard(path: Path | None, gallery_root: Path | None, pad: int = 0) -> pa.Table:
     """The shard (written to `path` unless None), and the photos under gallery_root/coco/<split>/
-    (unless None) except id 999's."""
+    (unless None) except id 999's. `pad` random bytes after the last PNG's end (which PNG readers
+    ignore) make the file big enough for huggingface_hub to keep part of it when a transfer breaks."""
     rows = []
     for coco_id, (photo, split, regions) in IMAGES.items():
         name = f"{coco_id:012d}.jpg"
@@ -91,6 +92,8 @@ def write_shard(path: Path | None, gallery_root: Path | None) -> pa.Table:
             (gallery_root / "coco" / split).mkdir(parents=True, exist_ok=True)
             shutil.copy(GALLERY / photo, gallery_root / "coco" / split / name)
         png, info = paint(size, regions)
+        if coco_id == 999 and pad:
+            png += np.random.default_rng(0).bytes(pad)
         rows.append({
             "mask": {"bytes": png, "path": None},
             "segments_info": {"file_name": f"{coco_id:012d}.png", "image_id": coco_id, "segments_info": info},
@@ -314,7 +317,7 @@ class CutHub:
 @pytest.fixture(scope="module")
 def hub(fake_hub, tmp_path_factory) -> CutHub:
     path = tmp_path_factory.mktemp("shard") / SHARD
-    write_shard(path, None)
+    write_shard(path, None, pad=24 << 20)  # huggingface_hub keeps what it received in 10 MiB chunks
     fake_hub.datasets[REPO] = {SHARD: path.read_bytes(), "README.md": b"---\nlicense: cc\n---\n"}
     cut = CutHub(fake_hub)
     yield cut
@@ -330,27 +333,30 @@ def one_line_error(proc) -> str:
     return lines[0]
 
 
-def test_download_cut_off_resumes_then_works_offline(hub, fake_hub, hub_cli, tmp_path) -> None:
+def test_download_given_up_then_run_again_then_offline(hub, fake_hub, hub_cli, tmp_path) -> None:
     root, home = tmp_path / "data", tmp_path / "hf"
+    dest = root / "coconut" / "relabeled_coco_val"
     data = fake_hub.datasets[REPO][SHARD]
-    # the first run loses the connection half way, and the server then sends nothing: it gives up
+    # the connection drops half way and the server then sends nothing: huggingface_hub gives up
     hub.plan, hub.ranges, hub.sent = ["half"] + ["nothing"] * 8, [], 0
     first = hub_cli(["data", "download", "coconut-val", "--root", str(root)], hub.url, home)
     assert "could not download Hub dataset 'xdeng77/relabeled_coco_val'" in one_line_error(first)
-    assert not (root / "coconut" / "relabeled_coco_val" / SHARD).exists()
-    assert hub.sent == len(data) // 2
-    # the next run asks only for the rest, and the file is whole
-    hub.plan, hub.ranges, hub.sent = [], [], 0
+    assert "run again" in first.stderr
+    assert not (dest / SHARD).exists() and (dest / "README.md").is_file()  # nothing half-written in place
+    assert hub.ranges[0] is None and all(r and 0 < int(r[6:-1]) <= len(data) // 2 for r in hub.ranges[1:])
+    # the next run fetches what is missing (huggingface_hub 2 restarts a file a run gave up on)
+    readme_gets = fake_hub.requests.count(f"GET /datasets/{REPO}/resolve/main/README.md")
+    hub.plan, hub.ranges = [], []
     second = hub_cli(["data", "download", "coconut-val", "--root", str(root)], hub.url, home)
     assert second.returncode == 0, second.stderr
-    dest = root / "coconut" / "relabeled_coco_val"
     assert f"coconut-val: ready at {dest}" in second.stdout
-    assert hub.ranges == [f"bytes={len(data) // 2}-"] and hub.sent == len(data) - len(data) // 2
-    assert (dest / SHARD).read_bytes() == data and (dest / "README.md").is_file()
-    # cached: offline, the same command is served from --root
+    assert (dest / SHARD).read_bytes() == data
+    assert fake_hub.requests.count(f"GET /datasets/{REPO}/resolve/main/README.md") == readme_gets  # kept
+    # cached: offline, the same command is served from --root without a request
+    n = len(fake_hub.requests) + len(hub.ranges)
     offline = hub_cli(["data", "download", "coconut-val", "--root", str(root)], hub.url, home, HF_HUB_OFFLINE="1")
     assert offline.returncode == 0, offline.stderr
-    assert f"coconut-val: ready at {dest}" in offline.stdout
+    assert f"coconut-val: ready at {dest}" in offline.stdout and len(fake_hub.requests) + len(hub.ranges) == n
     dense, _, _ = coconut_samples(dest, tmp_path / "no-images", check_files=False)
     assert sorted(s.image_id for s in dense) == sorted(IMAGES)
 
@@ -360,7 +366,9 @@ def test_a_cut_within_one_run_is_resumed_by_huggingface_hub(hub, fake_hub, hub_c
     hub.plan, hub.ranges, hub.sent = ["half"], [], 0
     proc = hub_cli(["data", "download", "coconut-val", "--root", str(tmp_path)], hub.url, tmp_path / "hf")
     assert proc.returncode == 0, proc.stderr
-    assert hub.ranges == [None, f"bytes={len(data) // 2}-"] and hub.sent == len(data)
+    assert len(hub.ranges) == 2 and hub.ranges[0] is None
+    start = int(re.fullmatch(r"bytes=(\d+)-", hub.ranges[1])[1])  # where the second request resumed
+    assert 0 < start <= len(data) // 2 and hub.sent == len(data) // 2 + len(data) - start
     assert (tmp_path / "coconut" / "relabeled_coco_val" / SHARD).read_bytes() == data
 
 

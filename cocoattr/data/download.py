@@ -27,6 +27,7 @@ mirror must serve the same relative paths (`annotations/annotations_trainval2017
 from __future__ import annotations
 
 import http.client
+import importlib
 import os
 import re
 import sys
@@ -164,7 +165,7 @@ def fetch_hub_dataset(hub: HubDataset, dest: Path) -> Path:
             f"{where} is not (completely) downloaded under {dest} and the Hub cannot be reached "
             "(offline?); run the same command online to fetch or resume it"
         ) from None
-    except (HfHubHTTPError, OSError, ValueError) as e:
+    except (HfHubHTTPError, OSError, ValueError, *_http_client_errors()) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), "")
         raise UserError(f"could not download {where} ({type(e).__name__}: {first}); run again to resume") from None
     parquet = [p for p in hub.patterns if p.endswith(".parquet")]
@@ -174,6 +175,18 @@ def fetch_hub_dataset(hub: HubDataset, dest: Path) -> Path:
             "run the same command online to resume it"
         )
     return dest
+
+
+def _http_client_errors() -> tuple[type[Exception], ...]:
+    """The connection errors huggingface_hub lets through once its own retries are spent: its
+    HTTP client's (httpx2 under huggingface_hub 2, httpx under 1)."""
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 # --- fetching -----------------------------------------------------------------------------
