@@ -47,7 +47,9 @@ SCHEMA = pa.schema([
 ])  # fmt: skip
 
 
-def paint(size: tuple[int, int], regions: list[tuple[int, str, tuple[int, int, int, int]]]) -> tuple[bytes, list]:
+def paint(
+    size: tuple[int, int], regions: list[tuple[int, str, tuple[int, int, int, int]]]
+) -> tuple[bytes, list]:
     """A panoptic PNG (id = R + 256 G + 256^2 B) of (segment id, category, (x0, y0, x1, y1)) boxes,
     painted in order, and its segments_info with the areas counted from the pixels."""
     w, h = size
@@ -64,19 +66,35 @@ def paint(size: tuple[int, int], regions: list[tuple[int, str, tuple[int, int, i
 
 # COCO id -> (gallery photo, split, painted segments). Segment ids above 255 check G and B.
 IMAGES = {
-    139: ("sklearn_china.jpg", "val2017", [  # 640 x 427: sky over a building in trees, grass, a tiny person
-        (1, "sky-other-merged", (0, 0, 640, 150)), (300, "tree-merged", (0, 150, 640, 300)),
-        (70000, "building-other-merged", (200, 150, 440, 300)), (4, "grass-merged", (0, 300, 640, 427)),
-        (5, "person", (20, 310, 30, 320)),
-    ]),
-    285: ("skimage_coffee.jpg", "val2017", [  # 600 x 400: a cup on a table under a wall
-        (1, "wall-other-merged", (0, 0, 600, 100)), (2, "dining table", (0, 100, 600, 400)),
-        (3, "cup", (200, 150, 400, 310)),
-    ]),
+    139: (
+        "sklearn_china.jpg",
+        "val2017",
+        [  # 640 x 427: sky over a building in trees, grass, a tiny person
+            (1, "sky-other-merged", (0, 0, 640, 150)),
+            (300, "tree-merged", (0, 150, 640, 300)),
+            (70000, "building-other-merged", (200, 150, 440, 300)),
+            (4, "grass-merged", (0, 300, 640, 427)),
+            (5, "person", (20, 310, 30, 320)),
+        ],
+    ),
+    285: (
+        "skimage_coffee.jpg",
+        "val2017",
+        [  # 600 x 400: a cup on a table under a wall
+            (1, "wall-other-merged", (0, 0, 600, 100)),
+            (2, "dining table", (0, 100, 600, 400)),
+            (3, "cup", (200, 150, 400, 310)),
+        ],
+    ),
     724: ("sklearn_flower.jpg", "val2017", [(1, "flower", (220, 110, 420, 310))]),  # the rest void
-    999: ("skimage_coffee.jpg", "train2017", [  # listed, never downloaded: a playing field and a wine glass
-        (1, "playingfield", (0, 0, 600, 400)), (2, "wine glass", (10, 10, 50, 90)),
-    ]),
+    999: (
+        "skimage_coffee.jpg",
+        "train2017",
+        [  # listed, never downloaded: a playing field and a wine glass
+            (1, "playingfield", (0, 0, 600, 400)),
+            (2, "wine glass", (10, 10, 50, 90)),
+        ],
+    ),
 }
 
 
@@ -191,7 +209,9 @@ def test_unless_categories_keep_an_attribute_unknown(rows, vocab) -> None:
 
 
 def test_missing_images_are_skipped_and_reported(data_root, vocab) -> None:
-    dense, merged, report = coconut_samples(data_root / "coconut" / "relabeled_coco_val", data_root / "coco", vocab)
+    dense, merged, report = coconut_samples(
+        data_root / "coconut" / "relabeled_coco_val", data_root / "coco", vocab
+    )
     assert sorted(s.image_id for s in dense) == [139, 285, 724] and merged is None
     assert [p.name for p in report.skipped["missing image files"]] == ["000000000999.jpg"]
     assert all(s.path.is_file() and s.path.parent.name == "val2017" for s in dense)
@@ -238,12 +258,16 @@ def test_train_labels_coconut_alone_and_with_captions(data_root, tmp_path) -> No
     base = {"source": "coconut", "root": str(data_root), "split": fractions, "split_seed": seed,
             "captions_json": "coco/annotations/captions_val2017.json"}  # fmt: skip
     vocab = load_vocabulary()
-    dense = load_splits(config_from_dict({"data": {**base, "train_labels": "coconut", "eval_labels": "coconut"}}).data)
+    dense = load_splits(
+        config_from_dict({"data": {**base, "train_labels": "coconut", "eval_labels": "coconut"}}).data
+    )
     both = load_splits(config_from_dict({"data": {**base, "train_labels": "coconut+captions",
                                                   "eval_labels": "coconut"}}).data)  # fmt: skip
     assert {s.image_id for v in dense.values() for s in v} == set(ids)
     assert [s.image_id for s in dense["val"]] == [s.image_id for s in both["val"]]
-    assert all(s.source == "coconut" for s in both["val"]) and all(s.source == "coconut+captions" for s in both["train"])
+    assert all(s.source == "coconut" for s in both["val"]) and all(
+        s.source == "coconut+captions" for s in both["train"]
+    )
     merged = {s.image_id: s.labels for s in both["train"]}
     plain = {s.image_id: s.labels for s in dense["train"]}
     for image_id, labels in merged.items():
@@ -264,7 +288,9 @@ def test_train_labels_coconut_alone_and_with_captions(data_root, tmp_path) -> No
 def test_coconut_config_mistakes_are_one_line(data: dict, message: str) -> None:
     with pytest.raises(UserError, match=re.escape(message)):
         config_from_dict({"data": data}, "config.yaml")
-    ok = config_from_dict({"data": {"source": "coconut", "train_labels": "coconut", "eval_labels": "coconut"}})
+    ok = config_from_dict(
+        {"data": {"source": "coconut", "train_labels": "coconut", "eval_labels": "coconut"}}
+    )
     assert (ok.data.coconut, ok.data.coconut_images) == ("coconut/relabeled_coco_val", "coco")
 
 
@@ -300,7 +326,10 @@ class CutHub:
                 self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
                 self.send_header("X-Repo-Commit", fake_hub.sha(fake_hub.datasets[REPO]))
                 self.end_headers()
-                part = {"half": body[: len(data) // 2 - start] if start < len(data) // 2 else b"", "nothing": b""}
+                part = {
+                    "half": body[: len(data) // 2 - start] if start < len(data) // 2 else b"",
+                    "nothing": b"",
+                }
                 chunk = part.get(mode, body)
                 self.wfile.write(chunk)
                 cut.sent += len(chunk)
@@ -354,7 +383,9 @@ def test_download_given_up_then_run_again_then_offline(hub, fake_hub, hub_cli, t
     assert fake_hub.requests.count(f"GET /datasets/{REPO}/resolve/main/README.md") == readme_gets  # kept
     # cached: offline, the same command is served from --root without a request
     n = len(fake_hub.requests) + len(hub.ranges)
-    offline = hub_cli(["data", "download", "coconut-val", "--root", str(root)], hub.url, home, HF_HUB_OFFLINE="1")
+    offline = hub_cli(
+        ["data", "download", "coconut-val", "--root", str(root)], hub.url, home, HF_HUB_OFFLINE="1"
+    )
     assert offline.returncode == 0, offline.stderr
     assert f"coconut-val: ready at {dest}" in offline.stdout and len(fake_hub.requests) + len(hub.ranges) == n
     dense, _, _ = coconut_samples(dest, tmp_path / "no-images", check_files=False)

@@ -75,5 +75,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     m.set_defaults(func=cmd_data_mine)
     c = dsub.add_parser("coconut-coverage", help="which COCO panoptic categories give which attributes")
-    c.add_argument("--out", default=None, type=Path, help="write the markdown table here instead of printing it")
+    c.add_argument(
+        "--out", default=None, type=Path, help="write the markdown table here instead of printing it"
+    )
     c.set_defaults(func=cmd_data_coconut_coverage)

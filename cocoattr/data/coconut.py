@@ -97,8 +97,13 @@ def load_mapping(vocab: Vocabulary | None = None, path: str | Path | None = None
         )
         raw = json.loads(text)
         cats = {
-            int(c["id"]): Category(int(c["id"]), str(c["name"]), bool(c["isthing"]),
-                                   tuple(c.get("implies", ())), tuple(c.get("context", ())))  # fmt: skip
+            int(c["id"]): Category(
+                int(c["id"]),
+                str(c["name"]),
+                bool(c["isthing"]),
+                tuple(c.get("implies", ())),
+                tuple(c.get("context", ())),
+            )
             for c in raw["categories"]
         }
         by_name = {c.name: c.id for c in cats.values()}

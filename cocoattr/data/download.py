@@ -167,7 +167,9 @@ def fetch_hub_dataset(hub: HubDataset, dest: Path) -> Path:
         ) from None
     except (HfHubHTTPError, OSError, ValueError, *_http_client_errors()) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), "")
-        raise UserError(f"could not download {where} ({type(e).__name__}: {first}); run again to resume") from None
+        raise UserError(
+            f"could not download {where} ({type(e).__name__}: {first}); run again to resume"
+        ) from None
     parquet = [p for p in hub.patterns if p.endswith(".parquet")]
     if parquet and not any(any(dest.glob(p)) for p in parquet):
         raise UserError(

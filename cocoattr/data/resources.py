@@ -166,8 +166,14 @@ RESOURCES: dict[str, Resource] = {
             ("coco/train2014",),
         ),
         *(
-            Resource(name, f"COCONut {what} (Hub dataset {repo}, {size})", (), None, (f"coconut/{repo.split('/')[1]}",),
-                     HubDataset(repo))  # fmt: skip
+            Resource(
+                name,
+                f"COCONut {what} (Hub dataset {repo}, {size})",
+                (),
+                None,
+                (f"coconut/{repo.split('/')[1]}",),
+                HubDataset(repo),
+            )
             for name, repo, what, size in _COCONUT
         ),
         Resource(

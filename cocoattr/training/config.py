@@ -83,9 +83,13 @@ class DataConfig(BaseModel):
         if self.source == "coco_attributes" and "captions" in both:
             raise ValueError("'data.train_labels'/'data.eval_labels': coco_attributes has hand labels only")
         if self.source == "coconut" and any(x not in COCONUT_LABELS for x in both):
-            raise ValueError("'data.train_labels'/'data.eval_labels': coconut has coconut or coconut+captions labels")
+            raise ValueError(
+                "'data.train_labels'/'data.eval_labels': coconut has coconut or coconut+captions labels"
+            )
         if self.source != "coconut" and any(x in COCONUT_LABELS for x in both):
-            raise ValueError("'data.train_labels'/'data.eval_labels': coconut labels need 'data.source': coconut")
+            raise ValueError(
+                "'data.train_labels'/'data.eval_labels': coconut labels need 'data.source': coconut"
+            )
         return self
 
 
