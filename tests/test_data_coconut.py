@@ -432,3 +432,8 @@ def test_coverage_command_writes_the_table(tmp_path, capsys) -> None:
     assert "| sky | scene | positive + negative | sky-other-merged |" in text
     assert len(re.findall(r"^\| \d+ \| ", text, re.M)) == 133
     assert capsys.readouterr().out == f"wrote {tmp_path / 'c.md'}\n"
+
+
+def test_docs_carry_the_current_coverage_table() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "coconut.md").read_text("utf-8")
+    assert doc.endswith(coconut.coverage()), "regenerate: python -m cocoattr data coconut-coverage"
