@@ -33,7 +33,7 @@ GALLERY = Path(__file__).resolve().parent.parent / "cocoattr" / "gallery" / "ima
 REPO = "xdeng77/relabeled_coco_val"
 SHARD = "data/train-00000-of-00001.parquet"
 CATEGORY = {"person": 1, "cup": 47, "dining table": 67, "wine glass": 46, "flower": 119, "playingfield": 145,
-            "tree-merged": 184, "sky-other-merged": 187, "grass-merged": 193, "building-other-merged": 197,
+            "tree-merged": 184, "boat": 9, "sky-other-merged": 187, "grass-merged": 193, "building-other-merged": 197,
             "wall-other-merged": 199}  # fmt: skip
 # The card's features (relabeled_coco_val/README.md, 2026-12), field order included.
 SEGMENT = pa.struct([("area", pa.int64()), ("category_id", pa.int64()), ("id", pa.int64()),
@@ -93,6 +93,7 @@ IMAGES = {
         [  # listed, never downloaded: a playing field and a wine glass
             (1, "playingfield", (0, 0, 600, 400)),
             (2, "wine glass", (10, 10, 50, 90)),
+            (3, "boat", (100, 100, 200, 200)),
         ],
     ),
 }
@@ -205,7 +206,8 @@ def test_unless_categories_keep_an_attribute_unknown(rows, vocab) -> None:
     assert get["sports"] == 1  # playingfield's context
     assert get["grass"] == get["sand"] == get["snow"] == -1  # a playing field may be any of them
     assert get["cup"] == get["glass"] == 1  # a wine glass is both (its `implies`)
-    assert get["water"] == get["person"] == 0
+    assert get["boat"] == get["vehicle"] == 1
+    assert get["water"] == get["person"] == 0  # the vocabulary's boat -> water does not beat the masks
 
 
 def test_missing_images_are_skipped_and_reported(data_root, vocab) -> None:
@@ -254,7 +256,8 @@ def test_train_labels_coconut_alone_and_with_captions(data_root, tmp_path) -> No
     (ann / "captions_val2017.json").write_text(json.dumps({"images": imgs, "annotations": caps}))
     ids = (139, 285, 724)
     fractions = [0.5, 0.5, 0.0]
-    seed = next(s for s in range(200) if {split_of(i, fractions, s) for i in ids} == {"train", "val"})
+    where = {s: [split_of(i, fractions, s) for i in ids] for s in range(200)}
+    seed = next(s for s, w in where.items() if w == ["train", "train", "val"])  # 139, 285 train; 724 val
     base = {"source": "coconut", "root": str(data_root), "split": fractions, "split_seed": seed,
             "captions_json": "coco/annotations/captions_val2017.json"}  # fmt: skip
     vocab = load_vocabulary()
@@ -273,10 +276,10 @@ def test_train_labels_coconut_alone_and_with_captions(data_root, tmp_path) -> No
     for image_id, labels in merged.items():
         known = plain[image_id] != -1
         assert (labels[known] == plain[image_id][known]).all()  # COCONut decides where it can
-    if 139 in merged:  # captions fill what COCONut leaves unknown; "lake" cannot overrule the masks
-        assert merged[139][vocab.index("man")] == 1 and merged[139][vocab.index("water")] == 0
-    if 285 in merged:
-        assert merged[285][vocab.index("wooden")] == 1 and plain[285][vocab.index("wooden")] == -1
+    # captions fill what COCONut leaves unknown; "lake" cannot overrule the masks
+    assert merged[139][vocab.index("man")] == 1 and plain[139][vocab.index("man")] == -1
+    assert merged[139][vocab.index("water")] == plain[139][vocab.index("water")] == 0
+    assert merged[285][vocab.index("wooden")] == 1 and plain[285][vocab.index("wooden")] == -1
 
 
 @pytest.mark.parametrize(
