@@ -86,7 +86,11 @@ IMAGES = {
             (3, "cup", (200, 150, 400, 310)),
         ],
     ),
-    724: ("sklearn_flower.jpg", "val2017", [(1, "flower", (220, 110, 420, 310))]),  # the rest void
+    724: (
+        "sklearn_flower.jpg",
+        "val2017",
+        [(1, "flower", (220, 110, 420, 310)), (2, "boat", (0, 0, 100, 100))],
+    ),  # the rest void
     999: (
         "skimage_coffee.jpg",
         "train2017",
@@ -198,6 +202,7 @@ def test_mostly_void_image_gives_no_negatives(data_root, vocab) -> None:
     lab = {s.image_id: s.labels for s in dense}[724]  # 85 % of the pixels unlabelled
     assert lab[vocab.index("flower")] == 1 and lab[vocab.index("plant")] == 1
     assert not (lab == 0).any()
+    assert lab[vocab.index("boat")] == 1 and lab[vocab.index("water")] == -1  # boat -> water is no evidence
 
 
 def test_unless_categories_keep_an_attribute_unknown(rows, vocab) -> None:
