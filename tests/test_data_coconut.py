@@ -381,6 +381,9 @@ def test_download_given_up_then_run_again_then_offline(hub, fake_hub, hub_cli, t
     assert "run again" in first.stderr
     assert not (dest / SHARD).exists() and (dest / "README.md").is_file()  # nothing half-written in place
     assert hub.ranges[0] is None and all(r and 0 < int(r[6:-1]) <= len(data) // 2 for r in hub.ranges[1:])
+    # offline now, the half download is one line, not a folder without its shard
+    cut = hub_cli(["data", "download", "coconut-val", "--root", str(root)], hub.url, home, HF_HUB_OFFLINE="1")
+    assert "is not (completely) downloaded" in one_line_error(cut), cut.stderr
     # the next run fetches what is missing (huggingface_hub 2 restarts a file a run gave up on)
     readme_gets = fake_hub.requests.count(f"GET /datasets/{REPO}/resolve/main/README.md")
     hub.plan, hub.ranges = [], []
@@ -445,3 +448,16 @@ def test_coverage_command_writes_the_table(tmp_path, capsys) -> None:
 def test_docs_carry_the_current_coverage_table() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "coconut.md").read_text("utf-8")
     assert doc.endswith(coconut.coverage()), "regenerate: python -m cocoattr data coconut-coverage"
+
+
+def test_a_folder_returned_without_its_shards_is_one_line(tmp_path, monkeypatch) -> None:
+    """huggingface_hub 1 hands back a non-empty local_dir offline without checking it is complete."""
+    import huggingface_hub
+
+    from cocoattr.data.download import fetch_hub_dataset
+    from cocoattr.data.resources import RESOURCES
+
+    (tmp_path / "README.md").write_text("half a download")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(tmp_path))
+    with pytest.raises(UserError, match=r"no data/\*\.parquet under .*run the same command online"):
+        fetch_hub_dataset(RESOURCES["coconut-val"].hub, tmp_path)
