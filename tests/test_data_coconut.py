@@ -461,3 +461,13 @@ def test_a_folder_returned_without_its_shards_is_one_line(tmp_path, monkeypatch)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(tmp_path))
     with pytest.raises(UserError, match=r"no data/\*\.parquet under .*run the same command online"):
         fetch_hub_dataset(RESOURCES["coconut-val"].hub, tmp_path)
+
+
+def test_coconut_b_float_areas_read_the_same(rows, vocab) -> None:
+    """coconut_b's card types `area` as float64 (the other two as int64)."""
+    row = json.loads(json.dumps(rows[139], default=lambda b: None))
+    as_float = {**row, "segments_info": {**row["segments_info"], "segments_info": [
+        {**s, "area": float(s["area"])} for s in row["segments_info"]["segments_info"]]}}  # fmt: skip
+    mapping = load_mapping(vocab)
+    a = image_labels(parse_row(rows[139]), vocab, mapping)
+    assert (image_labels(parse_row(as_float), vocab, mapping) == a).all() and (a == 1).sum() > 5
