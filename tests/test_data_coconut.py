@@ -471,3 +471,15 @@ def test_coconut_b_float_areas_read_the_same(rows, vocab) -> None:
     mapping = load_mapping(vocab)
     a = image_labels(parse_row(rows[139]), vocab, mapping)
     assert (image_labels(parse_row(as_float), vocab, mapping) == a).all() and (a == 1).sum() > 5
+
+
+def test_iter_masks_gives_regions_the_size_of_each_photo(data_root, vocab) -> None:
+    seen = {}
+    for image, path, masks in coconut.iter_masks(
+        data_root / "coconut" / "relabeled_coco_val", data_root / "coco"
+    ):
+        w, h = Image.open(path).size
+        assert all(m.shape == (h, w) for m in masks.values()) and (image.width, image.height) == (w, h)
+        seen[image.image_id] = sorted(masks)
+    assert seen == {139: ["building", "grass", "person", "plant", "sky", "trees"],
+                    285: ["cup", "furniture"], 724: ["boat", "flower", "plant", "vehicle"]}  # fmt: skip

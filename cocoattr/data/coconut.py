@@ -231,6 +231,19 @@ def coconut_masks(
     return out
 
 
+def iter_masks(
+    folder: Path, images: Path, mapping: CoconutMapping | None = None, vocab: Vocabulary | None = None
+) -> Iterator[tuple[CoconutImage, Path, dict[str, np.ndarray]]]:
+    """(image, its photo, `coconut_masks`) for every row whose photo is under `images`, one row
+    decoded at a time: the ground truth regions a heatmap is scored against."""
+    mapping = mapping or load_mapping(vocab)
+    for row in iter_rows(folder):
+        image = parse_row(row)
+        path = image_path(images, image, str(folder))
+        if path.is_file():
+            yield image, path, coconut_masks(row, mapping)
+
+
 # ----------------------------------------------------------------------------- labels
 
 
