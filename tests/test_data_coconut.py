@@ -483,3 +483,20 @@ def test_iter_masks_gives_regions_the_size_of_each_photo(data_root, vocab) -> No
         seen[image.image_id] = sorted(masks)
     assert seen == {139: ["building", "grass", "person", "plant", "sky", "trees"],
                     285: ["cup", "furniture"], 724: ["boat", "flower", "plant", "vehicle"]}  # fmt: skip
+
+
+def test_a_mapping_naming_unknown_attributes_is_one_line(tmp_path, vocab) -> None:
+    raw = json.loads((Path(coconut.__file__).parent.parent / coconut.MAPPING_FILE).read_text("utf-8"))
+    raw["categories"][0]["implies"] = ["person", "humanoid"]
+    (tmp_path / "m.json").write_text(json.dumps(raw))
+    with pytest.raises(
+        UserError, match=r"m\.json: names attributes the vocabulary does not have: \['humanoid'\]"
+    ):
+        load_mapping(vocab, tmp_path / "m.json")
+    raw["categories"][0]["implies"] = []  # person is exhaustive: something must imply it
+    (tmp_path / "m.json").write_text(json.dumps(raw))
+    with pytest.raises(UserError, match=r"exhaustive attributes no category implies: \['person'\]"):
+        load_mapping(vocab, tmp_path / "m.json")
+    (tmp_path / "m.json").write_text("{}")
+    with pytest.raises(UserError, match="not a COCONut category mapping"):
+        load_mapping(vocab, tmp_path / "m.json")
