@@ -101,7 +101,9 @@ def test_score_region_upsamples_the_grid_to_the_mask():
     mask = box_mask([(0, 0, 64, 64)], (256, 128))  # the top-left quarter-width, half-height
     s = score_region(attn, mask, image="x.jpg", attribute="dog", type_="category")
     assert s.hit and s.area == pytest.approx(64 * 64 / (256 * 128))
-    assert s.mass > 0.9  # bilinear spreads the cell a little, nearly all of it inside
+    # bilinear: the 64 x 32 px cell is flat to its centre (32, 16), then falls to 0 at the next
+    # centres (96, 48): all of it inside in y, (32 + 24) / 64 of it inside x < 64
+    assert s.mass == pytest.approx(0.875, abs=2e-3)
     assert not s.baseline_hit and s.baseline_mass < s.area
     far = score_region(attn, box_mask([(192, 64, 256, 128)], (256, 128)), image="x.jpg", attribute="dog",
                        type_="category")  # fmt: skip
