@@ -227,8 +227,7 @@ def evaluate_heatmaps(checkpoint: str | os.PathLike | None, coco: str | os.PathL
                       split: str = "val2017", limit: int | None = None, device: str = "cpu") -> dict:  # fmt: skip
     """Heatmap faithfulness of a checkpoint on a COCO root's instances, or (coco=None) on the
     gallery's hand-drawn boxes: `faithfulness.summarise` plus where it came from."""
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
-    vocab = load_vocabulary()
+    vocab = load_vocabulary()  # the regions are read (and checked) before the model loads
     if coco is not None:
         targets, missing = coco_heatmap_targets(coco, split, vocab, limit)
         data = {"data": str(coco), "split": split, "images_not_on_disk": missing}
@@ -237,6 +236,7 @@ def evaluate_heatmaps(checkpoint: str | os.PathLike | None, coco: str | os.PathL
         data = {"data": f"gallery ({GALLERY_BOXES}, boxes drawn by hand)"}
     if not targets:
         raise UserError(f"{data['data']}: no image has a region for a vocabulary attribute")
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
     scores, left_out = score_heatmaps(predictor, targets)
     return {
         "checkpoint": str(getattr(predictor.model, "source", checkpoint)),
