@@ -274,7 +274,7 @@ def test_evaluate_heatmaps_on_a_coco_root_json(tmp_path, capsys, default_checkpo
     assert out["overall"]["n"] == 4 and out["overall"]["images"] == 3
     assert list(out["by_type"]) == ["category"]
     cup = out["by_attribute"]["cup"]
-    assert cup["area_fraction"] == pytest.approx(200 * 200 / (600 * 400), abs=1e-4)
+    assert cup["area_fraction"] == pytest.approx(300 * 250 / (600 * 400), abs=1e-4)  # COCO boxes are x, y, w, h
     assert cup["pointing_baseline"] == 1.0  # the box holds the centre (300, 200)
     furniture = out["by_attribute"]["furniture"]
     assert furniture["area_fraction"] == pytest.approx(100 * 600 / (600 * 400), abs=1e-4)
