@@ -18,8 +18,16 @@ from cocoattr import metrics
 from cocoattr.data.coco import coco_paths, image_records, load_coco
 from cocoattr.data.gallery import gallery_root, load_gallery
 from cocoattr.errors import UserError
-from cocoattr.faithfulness import (HeatmapTarget, RegionScore, box_mask, category_attributes, instance_mask,
-                                   read_boxes, score_region, summarise)  # fmt: skip
+from cocoattr.faithfulness import (
+    HeatmapTarget,
+    RegionScore,
+    box_mask,
+    category_attributes,
+    instance_mask,
+    read_boxes,
+    score_region,
+    summarise,
+)
 from cocoattr.features import FeatureGrid
 from cocoattr.images import load_image
 from cocoattr.model import AttributeModel

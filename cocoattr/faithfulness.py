@@ -110,7 +110,9 @@ def _check(field: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return field, mask
 
 
-def score_region(attn: np.ndarray, mask: np.ndarray, *, image: str, attribute: str, type_: str) -> RegionScore:
+def score_region(
+    attn: np.ndarray, mask: np.ndarray, *, image: str, attribute: str, type_: str
+) -> RegionScore:
     """One (image, attribute): the model's (h, w) map against `mask` (H, W), and the baseline."""
     mask = np.asarray(mask, dtype=bool)
     size = (mask.shape[1], mask.shape[0])
@@ -223,12 +225,16 @@ def category_attributes(vocab: Vocabulary) -> dict[str, list[str]]:
     (a bed implies `indoor`, but the bed's box is not where `indoor` is)."""
     data = json.loads(resources.files("cocoattr").joinpath("vocab/coco80.json").read_text("utf-8"))
     return {
-        c["name"]: [a for a, p in c["attributes"].items() if p == 1 and a in vocab and vocab[a].type != "scene"]
+        c["name"]: [
+            a for a, p in c["attributes"].items() if p == 1 and a in vocab and vocab[a].type != "scene"
+        ]
         for c in data["categories"]
     }
 
 
-def read_boxes(path: Path, vocab: Vocabulary, sizes: Mapping[str, tuple[int, int]]) -> dict[str, dict[str, list]]:
+def read_boxes(
+    path: Path, vocab: Vocabulary, sizes: Mapping[str, tuple[int, int]]
+) -> dict[str, dict[str, list]]:
     """A boxes file, `{"images": {file name: {attribute: [[x0, y0, x1, y1], ...]}}}` in each photo's
     own pixels, checked against the vocabulary and `sizes` (file name -> (W, H)); a bad entry is
     one UserError line naming it."""

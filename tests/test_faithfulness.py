@@ -112,7 +112,9 @@ def test_score_region_upsamples_the_grid_to_the_mask():
 
 def test_summarise_means_per_type_and_attribute():
     def s(image, attr, type_, mass, hit):
-        return RegionScore(image, attr, type_, area=0.25, mass=mass, hit=hit, baseline_mass=0.5, baseline_hit=False)
+        return RegionScore(
+            image, attr, type_, area=0.25, mass=mass, hit=hit, baseline_mass=0.5, baseline_hit=False
+        )
 
     scores = [s("a", "dog", "category", 1.0, True), s("b", "dog", "category", 0.5, False),
               s("a", "furry", "texture", 0.0, False)]  # fmt: skip
@@ -120,7 +122,9 @@ def test_summarise_means_per_type_and_attribute():
     assert out["overall"] == {"n": 3, "images": 2, "mass_in_mask": 0.5, "mass_in_mask_baseline": 0.5,
                               "area_fraction": 0.25, "pointing": 0.3333, "pointing_baseline": 0.0}  # fmt: skip
     assert list(out["by_type"]) == ["texture", "category"]  # vocabulary order
-    assert out["by_type"]["category"]["mass_in_mask"] == 0.75 and out["by_type"]["category"]["pointing"] == 0.5
+    assert (
+        out["by_type"]["category"]["mass_in_mask"] == 0.75 and out["by_type"]["category"]["pointing"] == 0.5
+    )
     assert list(out["by_attribute"]) == ["dog", "furry"] and out["by_attribute"]["furry"]["type"] == "texture"
     with pytest.raises(UserError, match="no"):
         summarise([])
@@ -222,16 +226,23 @@ def test_malformed_boxes_file(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
+# fmt: off
 PHOTOS = {  # COCO id -> (gallery photo, [(category, polygon or None for a bare box, bbox)])
     139: ("gradio_lion.jpg", [("cat", [[40, 60, 220, 60, 220, 200, 40, 200]], [40, 60, 180, 140])]),
     285: ("skimage_coffee.jpg", [("cup", None, [100, 50, 300, 250]), ("dining table", None, [0, 300, 600, 100]),
-                                 ("toilet", None, [0, 0, 10, 10])]),  # fmt: skip
+                                 ("toilet", None, [0, 0, 10, 10])]),
     632: ("foolbox_imagenet_06_609_jeep.jpg", [("car", [[100, 150, 400, 150, 400, 400, 100, 400]],
-                                                [100, 150, 300, 250])]),  # fmt: skip
+                                                [100, 150, 300, 250])]),
     724: ("sklearn_flower.jpg", []),  # no instances: not a target
 }
-CATEGORIES = [{"id": 3, "name": "car"}, {"id": 17, "name": "cat"}, {"id": 47, "name": "cup"},
-              {"id": 67, "name": "dining table"}, {"id": 70, "name": "toilet"}]  # fmt: skip
+# fmt: on
+CATEGORIES = [
+    {"id": 3, "name": "car"},
+    {"id": 17, "name": "cat"},
+    {"id": 47, "name": "cup"},
+    {"id": 67, "name": "dining table"},
+    {"id": 70, "name": "toilet"},
+]  # fmt: skip
 
 
 def write_coco_instances(root: Path) -> Path:
@@ -256,7 +267,9 @@ def write_coco_instances(root: Path) -> Path:
     anns.append({"id": 99, "image_id": 139, "category_id": cat_id["car"], "bbox": [0, 0, 5, 5], "iscrowd": 1,
                  "segmentation": {"counts": [0, 25], "size": [256, 256]}, "area": 25})  # fmt: skip
     imgs.append({"id": 999, "file_name": "000000000999.jpg", "width": 10, "height": 10})
-    anns.append({"id": 100, "image_id": 999, "category_id": cat_id["cat"], "bbox": [0, 0, 5, 5], "iscrowd": 0})
+    anns.append(
+        {"id": 100, "image_id": 999, "category_id": cat_id["cat"], "bbox": [0, 0, 5, 5], "iscrowd": 0}
+    )
     (ann / "instances_val2017.json").write_text(json.dumps({"images": imgs, "annotations": anns,
                                                             "categories": CATEGORIES}))  # fmt: skip
     return root
@@ -274,7 +287,8 @@ def test_evaluate_heatmaps_on_a_coco_root_json(tmp_path, capsys, default_checkpo
     assert out["overall"]["n"] == 4 and out["overall"]["images"] == 3
     assert list(out["by_type"]) == ["category"]
     cup = out["by_attribute"]["cup"]
-    assert cup["area_fraction"] == pytest.approx(300 * 250 / (600 * 400), abs=1e-4)  # COCO boxes are x, y, w, h
+    # COCO boxes are x, y, w, h
+    assert cup["area_fraction"] == pytest.approx(300 * 250 / (600 * 400), abs=1e-4)
     assert cup["pointing_baseline"] == 1.0  # the box holds the centre (300, 200)
     furniture = out["by_attribute"]["furniture"]
     assert furniture["area_fraction"] == pytest.approx(100 * 600 / (600 * 400), abs=1e-4)
@@ -314,6 +328,9 @@ def test_evaluate_heatmaps_bad_arguments_are_one_line(args, fragment, capsys, de
 
 def test_a_coco_root_without_instances_is_one_line(tmp_path, capsys, default_checkpoint):
     (tmp_path / "coco" / "val2017").mkdir(parents=True)
-    assert main(["evaluate", "--heatmaps", "--coco", str(tmp_path), "--checkpoint", str(default_checkpoint)]) == 2
+    assert (
+        main(["evaluate", "--heatmaps", "--coco", str(tmp_path), "--checkpoint", str(default_checkpoint)])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "instances_val2017.json" in err[0], err

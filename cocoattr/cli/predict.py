@@ -109,10 +109,14 @@ def _evaluate_heatmaps(args: argparse.Namespace) -> dict:
     from cocoattr.faithfulness import format_summary
 
     if args.baseline or args.data != "gallery":
-        raise UserError("--heatmaps scores the gallery's boxes or --coco ROOT; --baseline and --data do not apply")
+        raise UserError(
+            "--heatmaps scores the gallery's boxes or --coco ROOT; --baseline and --data do not apply"
+        )
     if args.coco is None and args.split is not None:
         raise UserError("--split goes with --coco ROOT for --heatmaps (the gallery's boxes are scored whole)")
-    result = evaluate_heatmaps(args.checkpoint, args.coco, args.split or "val2017", args.limit, device=args.device)
+    result = evaluate_heatmaps(
+        args.checkpoint, args.coco, args.split or "val2017", args.limit, device=args.device
+    )
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         print()
@@ -148,7 +152,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "gallery's hand-drawn boxes or, with --coco, a COCO root's instance masks")  # fmt: skip
     p.add_argument("--coco", default=None, metavar="ROOT",
                    help="with --heatmaps: a COCO root (annotations/instances_SPLIT.json, SPLIT/*.jpg)")  # fmt: skip
-    p.add_argument("--limit", type=positive_int, default=None, help="with --heatmaps: score the first N images")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="with --heatmaps: score the first N images"
+    )
     p.add_argument("--json", action="store_true", help="with --heatmaps: print the summary as JSON")
     p.add_argument(
         "--baseline", action="store_true", help="also score the class-posterior-averaging baseline"
