@@ -231,7 +231,7 @@ PHOTOS = {  # COCO id -> (gallery photo, [(category, polygon or None for a bare 
     139: ("gradio_lion.jpg", [("cat", [[40, 60, 220, 60, 220, 200, 40, 200]], [40, 60, 180, 140])]),
     285: ("skimage_coffee.jpg", [("cup", None, [100, 50, 300, 250]), ("dining table", None, [0, 300, 600, 100]),
                                  ("toilet", None, [0, 0, 10, 10])]),
-    632: ("foolbox_imagenet_06_609_jeep.jpg", [("car", [[100, 150, 400, 150, 400, 400, 100, 400]],
+    632: ("foolbox_imagenet_06_609_jeep.jpg", [("car", [[100, 150, 400, 400, 100, 400]],  # a triangle
                                                 [100, 150, 300, 250])]),
     724: ("sklearn_flower.jpg", []),  # no instances: not a target
 }
@@ -293,7 +293,8 @@ def test_evaluate_heatmaps_on_a_coco_root_json(tmp_path, capsys, default_checkpo
     furniture = out["by_attribute"]["furniture"]
     assert furniture["area_fraction"] == pytest.approx(100 * 600 / (600 * 400), abs=1e-4)
     assert furniture["pointing_baseline"] == 0.0  # the bottom strip is far from the centre
-    assert out["by_attribute"]["car"]["area_fraction"] == pytest.approx(300 * 250 / 512**2, abs=2e-3)
+    # the polygon, not its box: half of the 300 x 250 box
+    assert out["by_attribute"]["car"]["area_fraction"] == pytest.approx(300 * 250 / 2 / 512**2, abs=2e-3)
     for m in out["by_attribute"].values():
         assert 0.0 <= m["mass_in_mask"] <= 1.0 and m["pointing"] in (0.0, 1.0)
     assert out["protocol"]["pointing_tolerance_px"] == 15
