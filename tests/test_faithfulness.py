@@ -97,17 +97,19 @@ def test_centre_gaussian_peaks_at_the_centre_and_beats_uniform_on_a_centred_box(
 
 def test_score_region_upsamples_the_grid_to_the_mask():
     attn = np.zeros((4, 4), np.float32)
-    attn[0, 0] = 1.0  # the model looks at the top-left cell
-    mask = box_mask([(0, 0, 64, 64)], (256, 128))  # the top-left quarter-width, half-height
+    attn[0, 3] = 1.0  # the model looks at the top-right cell (row 0, column 3)
+    mask = box_mask([(192, 0, 256, 64)], (256, 128))  # the top-right quarter-width, half-height
     s = score_region(attn, mask, image="x.jpg", attribute="dog", type_="category")
     assert s.hit and s.area == pytest.approx(64 * 64 / (256 * 128))
-    # bilinear: the 64 x 32 px cell is flat to its centre (32, 16), then falls to 0 at the next
-    # centres (96, 48): all of it inside in y, (32 + 24) / 64 of it inside x < 64
+    # bilinear: the 64 x 32 px cell is flat to its centre (224, 16), then falls to 0 at the next
+    # centres (160, 48): all of it inside in y, (32 + 24) / 64 of it inside x >= 192
     assert s.mass == pytest.approx(0.875, abs=2e-3)
     assert not s.baseline_hit and s.baseline_mass < s.area
-    far = score_region(attn, box_mask([(192, 64, 256, 128)], (256, 128)), image="x.jpg", attribute="dog",
-                       type_="category")  # fmt: skip
-    assert not far.hit and far.mass == pytest.approx(0.0)
+    for box in [(0, 0, 64, 64), (0, 64, 64, 128)]:  # top-left, bottom-left (a transposed map's spot)
+        far = score_region(
+            attn, box_mask([box], (256, 128)), image="x.jpg", attribute="dog", type_="category"
+        )
+        assert not far.hit and far.mass == pytest.approx(0.0)
 
 
 def test_summarise_means_per_type_and_attribute():
@@ -228,7 +230,8 @@ def test_malformed_boxes_file(tmp_path):
 
 # fmt: off
 PHOTOS = {  # COCO id -> (gallery photo, [(category, polygon or None for a bare box, bbox)])
-    139: ("gradio_lion.jpg", [("cat", [[40, 60, 220, 60, 220, 200, 40, 200]], [40, 60, 180, 140])]),
+    139: ("gradio_lion.jpg", [("cat", [[40, 60, 220, 60, 220, 200, 40, 200]], [40, 60, 180, 140]),
+                              ("cat", None, [150, 200, 50, 40])]),  # two cats: one region, their union
     285: ("skimage_coffee.jpg", [("cup", None, [100, 50, 300, 250]), ("dining table", None, [0, 300, 600, 100]),
                                  ("toilet", None, [0, 0, 10, 10])]),
     632: ("foolbox_imagenet_06_609_jeep.jpg", [("car", [[100, 150, 400, 400, 100, 400]],  # a triangle
@@ -293,6 +296,9 @@ def test_evaluate_heatmaps_on_a_coco_root_json(tmp_path, capsys, default_checkpo
     furniture = out["by_attribute"]["furniture"]
     assert furniture["area_fraction"] == pytest.approx(100 * 600 / (600 * 400), abs=1e-4)
     assert furniture["pointing_baseline"] == 0.0  # the bottom strip is far from the centre
+    assert out["by_attribute"]["cat"]["area_fraction"] == pytest.approx(
+        (180 * 140 + 50 * 40) / 256**2, abs=2e-3
+    )
     # the polygon, not its box: half of the 300 x 250 box
     assert out["by_attribute"]["car"]["area_fraction"] == pytest.approx(300 * 250 / 2 / 512**2, abs=2e-3)
     for m in out["by_attribute"].values():
