@@ -192,10 +192,11 @@ def _union_of_instances(by_attr: dict[str, list[dict]], size: tuple[int, int]) -
     return out
 
 
-def gallery_heatmap_targets(vocab: Vocabulary) -> list[HeatmapTarget]:
-    """The bundled gallery's hand-drawn boxes (`gallery/boxes.json`), one target per boxed photo."""
-    root = gallery_root()
-    paths = {p.name: p for p in load_gallery().paths}
+def gallery_heatmap_targets(vocab: Vocabulary, data: str = "gallery") -> list[HeatmapTarget]:
+    """The hand-drawn boxes of the bundled gallery (`gallery/boxes.json`) or of a folder in the
+    gallery layout with its own boxes.json, one target per boxed photo."""
+    root = gallery_root() if data == "gallery" else Path(data)
+    paths = {p.name: p for p in load_gallery(root).paths}
     sizes = {name: load_image(p).size for name, p in paths.items()}
     boxes = read_boxes(root / GALLERY_BOXES, vocab, sizes)
     return [
@@ -232,24 +233,26 @@ def score_heatmaps(predictor: Predictor, targets: list[HeatmapTarget]) -> tuple[
 
 
 def evaluate_heatmaps(checkpoint: str | os.PathLike | None, coco: str | os.PathLike | None = None,
-                      split: str = "val2017", limit: int | None = None, device: str = "cpu") -> dict:  # fmt: skip
+                      split: str = "val2017", limit: int | None = None, device: str = "cpu",
+                      data: str = "gallery") -> dict:  # fmt: skip
     """Heatmap faithfulness of a checkpoint on a COCO root's instances, or (coco=None) on the
-    gallery's hand-drawn boxes: `faithfulness.summarise` plus where it came from."""
+    hand-drawn boxes of `data` (the gallery or a folder in its layout): `faithfulness.summarise`
+    plus where it came from."""
     vocab = load_vocabulary()  # the regions are read (and checked) before the model loads
     if coco is not None:
         targets, missing = coco_heatmap_targets(coco, split, vocab, limit)
-        data = {"data": str(coco), "split": split, "images_not_on_disk": missing}
+        source = {"data": str(coco), "split": split, "images_not_on_disk": missing}
     else:
-        targets = gallery_heatmap_targets(vocab)[:limit]
-        data = {"data": f"gallery ({GALLERY_BOXES}, boxes drawn by hand)"}
+        targets = gallery_heatmap_targets(vocab, data)[:limit]
+        source = {"data": f"{data} ({GALLERY_BOXES}, boxes drawn by hand)"}
     if not targets:
-        raise UserError(f"{data['data']}: no image has a region for a vocabulary attribute")
+        raise UserError(f"{source['data']}: no image has a region for a vocabulary attribute")
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     scores, left_out = score_heatmaps(predictor, targets)
     return {
         "checkpoint": str(getattr(predictor.model, "source", checkpoint)),
         "kind": predictor.model.kind,
-        **data,
+        **source,
         **summarise(scores),
         **left_out,
     }

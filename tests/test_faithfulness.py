@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cocoattr import evaluation
 from cocoattr.cli import main
 from cocoattr.data.gallery import gallery_root, load_gallery
 from cocoattr.errors import UserError
@@ -206,13 +205,14 @@ def test_the_shipped_boxes_are_valid_and_box_only_hand_labelled_positives():
      ({"skimage_chelsea.jpg": {"kitty": [[0, 0, 9, 9]]}}, "'kitty' is not a vocabulary attribute"),
      ({"nope.jpg": {"cat": [[0, 0, 9, 9]]}}, "'nope.jpg' is not a gallery image")],
 )  # fmt: skip
-def test_a_bad_box_is_one_line_naming_it(tmp_path, entry, fragment, monkeypatch, capsys, default_checkpoint):
-    (tmp_path / "boxes.json").write_text(json.dumps({"images": entry}))
+def test_a_bad_box_is_one_line_naming_it(tmp_path, entry, fragment, capsys, default_checkpoint):
+    root = tmp_path / "gallery"  # a folder in the gallery layout, with its own boxes.json
+    shutil.copytree(GALLERY, root)
+    (root / "boxes.json").write_text(json.dumps({"images": entry}))
     with pytest.raises(UserError, match="boxes.json: ") as e:
-        read_boxes(tmp_path / "boxes.json", VOCAB, _sizes())
+        read_boxes(root / "boxes.json", VOCAB, _sizes())
     assert fragment in str(e.value) and "\n" not in str(e.value)
-    monkeypatch.setattr(evaluation, "gallery_root", lambda: tmp_path)
-    assert main(["evaluate", "--heatmaps", "--checkpoint", str(default_checkpoint)]) == 2
+    assert main(["evaluate", "--heatmaps", "--data", str(root), "--checkpoint", str(default_checkpoint)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cocoattr: error: ") and fragment in err[0]
 
@@ -319,11 +319,36 @@ def test_evaluate_heatmaps_on_the_gallery_boxes(capsys, default_checkpoint):
     assert out["attributes_not_in_checkpoint"] == []
 
 
+def test_a_box_over_the_whole_photo_holds_all_the_mass(tmp_path, capsys, default_checkpoint):
+    root = tmp_path / "gallery"
+    shutil.copytree(GALLERY, root)
+    (root / "boxes.json").write_text(
+        json.dumps({"images": {"skimage_chelsea.jpg": {"cat": [[0, 0, 451, 300]]}}})
+    )
+    assert (
+        main(
+            ["evaluate", "--heatmaps", "--data", str(root), "--json", "--checkpoint", str(default_checkpoint)]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["overall"] == {
+        "n": 1,
+        "images": 1,
+        "mass_in_mask": 1.0,
+        "mass_in_mask_baseline": 1.0,
+        "area_fraction": 1.0,
+        "pointing": 1.0,
+        "pointing_baseline": 1.0,
+    }
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [(["--heatmaps", "--coco", "/nonexistent/x"], "no such folder"),
      (["--heatmaps", "--split", "val2017"], "--split goes with --coco"),
-     (["--heatmaps", "--baseline"], "do not apply"),
+     (["--heatmaps", "--baseline"], "does not apply"),
+     (["--heatmaps", "--data", "x", "--coco", "y"], "not both"),
      (["--json"], "go with --heatmaps"),
      (["--split", "val2017"], "expected one of all, train, val, test")],
 )  # fmt: skip

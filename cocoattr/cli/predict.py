@@ -108,15 +108,14 @@ def _evaluate_heatmaps(args: argparse.Namespace) -> dict:
     from cocoattr.evaluation import evaluate_heatmaps
     from cocoattr.faithfulness import format_summary
 
-    if args.baseline or args.data != "gallery":
-        raise UserError(
-            "--heatmaps scores the gallery's boxes or --coco ROOT; --baseline and --data do not apply"
-        )
+    if args.baseline:
+        raise UserError("--baseline does not apply to --heatmaps (the centre Gaussian is its baseline)")
+    if args.coco is not None and args.data != "gallery":
+        raise UserError("--heatmaps reads the boxes of --data or the masks of --coco ROOT, not both")
     if args.coco is None and args.split is not None:
         raise UserError("--split goes with --coco ROOT for --heatmaps (the gallery's boxes are scored whole)")
-    result = evaluate_heatmaps(
-        args.checkpoint, args.coco, args.split or "val2017", args.limit, device=args.device
-    )
+    result = evaluate_heatmaps(args.checkpoint, args.coco, args.split or "val2017", args.limit,
+                               device=args.device, data=args.data)  # fmt: skip
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         print()
@@ -143,13 +142,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set; "
                        "--heatmaps: whether the attribute maps point where the attribute is")  # fmt: skip
     add_checkpoint(p)
-    p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout")
+    p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout "
+                   "(with --heatmaps: and a boxes.json)")  # fmt: skip
     p.add_argument("--split", default=None,
                    help="all (default), train, val or test of --data; with --heatmaps --coco: the instances_SPLIT.json "
                    "to read (default val2017)")  # fmt: skip
     p.add_argument("--heatmaps", action="store_true",
                    help="heatmap faithfulness: mass in mask and pointing game vs a centre Gaussian, on the "
-                   "gallery's hand-drawn boxes or, with --coco, a COCO root's instance masks")  # fmt: skip
+                   "hand-drawn boxes of --data (gallery/boxes.json) or, with --coco, a COCO root's instance masks")  # fmt: skip
     p.add_argument("--coco", default=None, metavar="ROOT",
                    help="with --heatmaps: a COCO root (annotations/instances_SPLIT.json, SPLIT/*.jpg)")  # fmt: skip
     p.add_argument(
