@@ -161,8 +161,9 @@ def coco_heatmap_targets(root: str | os.PathLike, split: str, vocab: Vocabulary,
     instances, image_dir = coco_paths(root, "instances", split)
     if not instances.is_file() or not image_dir.is_dir():
         what = instances if not instances.is_file() else f"the image folder {image_dir}"
-        raise UserError(f"--coco {root}: not a COCO root for {split} (no {what}); "
-                        f"run `cocoattr data download coco-instances ... --root {root}`")  # fmt: skip
+        images = {"val2017": "val", "train2017": "train"}.get(split, split)
+        raise UserError(f"--coco {root}: not a COCO root for {split} (no {what}); for COCO itself run "
+                        f"`cocoattr data download coco-instances coco-images-{images} --root {root}`")  # fmt: skip
     coco = load_coco(instances, "instances")
     records, skipped = image_records(coco, image_dir, source=str(instances))
     to_attrs = category_attributes(vocab)
