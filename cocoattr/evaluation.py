@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cocoattr import metrics
 from cocoattr.data.coco import coco_paths, image_records, load_coco
@@ -151,10 +152,12 @@ GALLERY_BOXES = "boxes.json"
 
 
 def coco_heatmap_targets(root: str | os.PathLike, split: str, vocab: Vocabulary, limit: int | None = None
-                         ) -> tuple[list[HeatmapTarget], int]:  # fmt: skip
+                         ) -> tuple[list[HeatmapTarget], dict[str, int]]:  # fmt: skip
     """One target per image of COCO `split` on disk with at least one instance whose category is
     a vocabulary attribute (`faithfulness.category_attributes`); masks from the polygons (or RLE,
-    or the box when there is no segmentation). Returns (targets, annotated images not on disk)."""
+    or the box when there is no segmentation). Also returns how many images were left out: not
+    on disk, or stored with an EXIF rotation (COCO's annotations are in the stored pixels' frame,
+    the model sees the photo upright, so their masks would not line up)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"--coco {root}: no such folder (the --root given to `cocoattr data download`)")
@@ -167,7 +170,7 @@ def coco_heatmap_targets(root: str | os.PathLike, split: str, vocab: Vocabulary,
     coco = load_coco(instances, "instances")
     records, skipped = image_records(coco, image_dir, source=str(instances))
     to_attrs = category_attributes(vocab)
-    targets = []
+    targets, rotated = [], 0
     for rec in records:
         anns = [a for a in coco.imgToAnns.get(rec.id, []) if not a.get("iscrowd", 0)]
         img = coco.imgs[rec.id]
@@ -176,11 +179,24 @@ def coco_heatmap_targets(root: str | os.PathLike, split: str, vocab: Vocabulary,
         for ann in anns:
             for attr in to_attrs.get(coco.cats.get(ann["category_id"], {}).get("name", ""), []):
                 by_attr.setdefault(attr, []).append(ann)
-        if by_attr and min(size) > 0:
-            targets.append(HeatmapTarget(rec.path, size, partial(_union_of_instances, by_attr, size)))
+        if not by_attr or min(size) <= 0:
+            continue
+        if _exif_rotated(rec.path):
+            rotated += 1
+            continue
+        targets.append(HeatmapTarget(rec.path, size, partial(_union_of_instances, by_attr, size)))
         if limit is not None and len(targets) >= limit:
             break
-    return targets, skipped.count
+    return targets, {"images_not_on_disk": skipped.count, "images_exif_rotated": rotated}
+
+
+def _exif_rotated(path: Path) -> bool:
+    """Whether a photo's EXIF orientation turns or mirrors it (reads the header only)."""
+    try:
+        with Image.open(path) as im:
+            return im.getexif().get(0x0112, 1) not in (0, 1)
+    except (OSError, ValueError, SyntaxError):
+        return False  # a broken file is reported when the model reads it
 
 
 def _union_of_instances(by_attr: dict[str, list[dict]], size: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -241,8 +257,8 @@ def evaluate_heatmaps(checkpoint: str | os.PathLike | None, coco: str | os.PathL
     plus where it came from."""
     vocab = load_vocabulary()  # the regions are read (and checked) before the model loads
     if coco is not None:
-        targets, missing = coco_heatmap_targets(coco, split, vocab, limit)
-        source = {"data": str(coco), "split": split, "images_not_on_disk": missing}
+        targets, left_out = coco_heatmap_targets(coco, split, vocab, limit)
+        source = {"data": str(coco), "split": split, **left_out}
     else:
         targets = gallery_heatmap_targets(vocab, data)[:limit]
         source = {"data": f"{data} ({GALLERY_BOXES}, boxes drawn by hand)"}

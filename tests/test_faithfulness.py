@@ -250,7 +250,8 @@ CATEGORIES = [
 
 def write_coco_instances(root: Path) -> Path:
     """ROOT/coco/annotations/instances_val2017.json and ROOT/coco/val2017/*.jpg, as `data download` lays
-    them out; one annotated image is not on disk and one crowd annotation is left out."""
+    them out; one annotated image is not on disk, one is stored EXIF-rotated and one crowd
+    annotation is left out."""
     ann, images = root / "coco" / "annotations", root / "coco" / "val2017"
     ann.mkdir(parents=True)
     images.mkdir(parents=True)
@@ -269,6 +270,14 @@ def write_coco_instances(root: Path) -> Path:
             anns.append(a)
     anns.append({"id": 99, "image_id": 139, "category_id": cat_id["car"], "bbox": [0, 0, 5, 5], "iscrowd": 1,
                  "segmentation": {"counts": [0, 25], "size": [256, 256]}, "area": 25})  # fmt: skip
+    rotated = Image.open(GALLERY / "images" / "gradio_lion.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: the annotations' frame is not the upright photo's
+    rotated.save(images / "000000000777.jpg", exif=exif)
+    imgs.append({"id": 777, "file_name": "000000000777.jpg", "width": 256, "height": 256})
+    anns.append(
+        {"id": 101, "image_id": 777, "category_id": cat_id["cat"], "bbox": [0, 0, 50, 50], "iscrowd": 0}
+    )
     imgs.append({"id": 999, "file_name": "000000000999.jpg", "width": 10, "height": 10})
     anns.append(
         {"id": 100, "image_id": 999, "category_id": cat_id["cat"], "bbox": [0, 0, 5, 5], "iscrowd": 0}
@@ -284,7 +293,7 @@ def test_evaluate_heatmaps_on_a_coco_root_json(tmp_path, capsys, default_checkpo
             "--checkpoint", str(default_checkpoint)]  # fmt: skip
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["images_not_on_disk"] == 1 and out["failed_images"] == []
+    assert out["images_not_on_disk"] == 1 and out["images_exif_rotated"] == 1 and out["failed_images"] == []
     # lion/cat, coffee/cup + dining table -> furniture (toilet maps to no region attribute), jeep/car
     assert set(out["by_attribute"]) == {"cat", "cup", "furniture", "car"}
     assert out["overall"]["n"] == 4 and out["overall"]["images"] == 3
