@@ -68,16 +68,60 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+GALLERY_SPLITS = ("all", "train", "val", "test")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {text})")
+    return value
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cocoattr.atomic import atomic_write_json
-    from cocoattr.evaluation import evaluate_checkpoint, format_table
 
     out = writable_file(args.out) if args.out else None
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline, device=args.device)
-    print(format_table(result))
+    if args.heatmaps:
+        result = _evaluate_heatmaps(args)
+    else:
+        from cocoattr.evaluation import evaluate_checkpoint, format_table
+
+        if args.coco or args.json or args.limit is not None:
+            raise UserError("--coco, --json and --limit go with --heatmaps")
+        split = args.split or "all"
+        if split not in GALLERY_SPLITS:
+            raise UserError(f"--split {split!r}: expected one of {', '.join(GALLERY_SPLITS)}")
+        result = evaluate_checkpoint(args.checkpoint, args.data, split, args.baseline, device=args.device)
+        print(format_table(result))
     if out is not None:
         atomic_write_json(out, result)
     return 0
+
+
+def _evaluate_heatmaps(args: argparse.Namespace) -> dict:
+    """`evaluate --heatmaps`: where the maps point, on a COCO root's instances or the gallery's boxes."""
+    from cocoattr.evaluation import evaluate_heatmaps
+    from cocoattr.faithfulness import format_summary
+
+    if args.baseline:
+        raise UserError("--baseline does not apply to --heatmaps (the centre Gaussian is its baseline)")
+    if args.coco is not None and args.data != "gallery":
+        raise UserError("--heatmaps reads the boxes of --data or the masks of --coco ROOT, not both")
+    if args.coco is None and args.split is not None:
+        raise UserError("--split goes with --coco ROOT for --heatmaps (the gallery's boxes are scored whole)")
+    result = evaluate_heatmaps(args.checkpoint, args.coco, args.split or "val2017", args.limit,
+                               device=args.device, data=args.data)  # fmt: skip
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_summary(result))
+    return result
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -95,10 +139,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set")
+    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set; "
+                       "--heatmaps: whether the attribute maps point where the attribute is")  # fmt: skip
     add_checkpoint(p)
-    p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout")
-    p.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout "
+                   "(with --heatmaps: and a boxes.json)")  # fmt: skip
+    p.add_argument("--split", default=None,
+                   help="all (default), train, val or test of --data; with --heatmaps --coco: the instances_SPLIT.json "
+                   "to read (default val2017)")  # fmt: skip
+    p.add_argument("--heatmaps", action="store_true",
+                   help="heatmap faithfulness: mass in mask and pointing game vs a centre Gaussian, on the "
+                   "hand-drawn boxes of --data (gallery/boxes.json) or, with --coco, a COCO root's instance masks")  # fmt: skip
+    p.add_argument("--coco", default=None, metavar="ROOT",
+                   help="with --heatmaps: a COCO root (annotations/instances_SPLIT.json, SPLIT/*.jpg)")  # fmt: skip
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="with --heatmaps: score the first N images"
+    )
+    p.add_argument("--json", action="store_true", help="with --heatmaps: print the summary as JSON")
     p.add_argument(
         "--baseline", action="store_true", help="also score the class-posterior-averaging baseline"
     )
