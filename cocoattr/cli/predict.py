@@ -91,8 +91,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         from cocoattr.evaluation import evaluate_checkpoint, format_table
 
-        if args.coco or args.json or args.limit is not None:
-            raise UserError("--coco, --json and --limit go with --heatmaps")
+        if args.coco or args.coconut or args.json or args.limit is not None:
+            raise UserError("--coco, --coconut, --json and --limit go with --heatmaps")
         split = args.split or "all"
         if split not in GALLERY_SPLITS:
             raise UserError(f"--split {split!r}: expected one of {', '.join(GALLERY_SPLITS)}")
@@ -114,8 +114,12 @@ def _evaluate_heatmaps(args: argparse.Namespace) -> dict:
         raise UserError("--heatmaps reads the boxes of --data or the masks of --coco ROOT, not both")
     if args.coco is None and args.split is not None:
         raise UserError("--split goes with --coco ROOT for --heatmaps (the gallery's boxes are scored whole)")
+    if args.coconut is not None and (args.coco is None or args.split is not None):
+        raise UserError(
+            "--coconut FOLDER takes its photos from --coco ROOT (holding val2017/), with no --split"
+        )
     result = evaluate_heatmaps(args.checkpoint, args.coco, args.split or "val2017", args.limit,
-                               device=args.device, data=args.data)  # fmt: skip
+                               device=args.device, data=args.data, coconut=args.coconut)  # fmt: skip
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         print()
@@ -150,6 +154,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmaps", action="store_true",
                    help="heatmap faithfulness: mass in mask and pointing game vs a centre Gaussian, on the "
                    "hand-drawn boxes of --data (gallery/boxes.json) or, with --coco, a COCO root's instance masks")  # fmt: skip
+    p.add_argument("--coconut", default=None, metavar="FOLDER",
+                   help="with --heatmaps and --coco ROOT: score against the panoptic segments of a downloaded "
+                   "COCONut repo (e.g. ROOT/coconut/relabeled_coco_val), photos from --coco")  # fmt: skip
     p.add_argument("--coco", default=None, metavar="ROOT",
                    help="with --heatmaps: a COCO root (annotations/instances_SPLIT.json, SPLIT/*.jpg)")  # fmt: skip
     p.add_argument(
