@@ -290,8 +290,10 @@ def _fake_hub_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:  # noqa: C9
                 if m.group(3) == "revision":
                     return self.send_json({"id": repo, "modelId": repo, "sha": hub.sha(files), "private": False,
                                            "siblings": [{"rfilename": f} for f in sorted(files)]})  # fmt: skip
-                return self.send_json([
+                return self.send_json([  # large files are LFS on the Hub: their entry carries the sha256
                     {"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                    | ({"lfs": {"oid": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 134}}
+                       if f.endswith(".parquet") else {})
                     for f, d in sorted(files.items())
                 ])  # fmt: skip
             m = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)

@@ -314,6 +314,7 @@ class CutHub:
         self.plan: list[str] = []
         self.ranges: list[str | None] = []
         self.sent = 0
+        self.tamper = False  # serve the shard with its last byte flipped
         base, cut = fake_hub.handler(), self
 
         class Handler(base):
@@ -322,6 +323,8 @@ class CutHub:
                 if not path.endswith("/" + SHARD):
                     return base.do_GET(self)
                 data = fake_hub.datasets[REPO][SHARD]
+                if cut.tamper:
+                    data = data[:-1] + bytes([data[-1] ^ 1])
                 rng = self.headers.get("Range")
                 cut.ranges.append(rng)
                 start = int(re.fullmatch(r"bytes=(\d+)-", rng)[1]) if rng else 0
@@ -354,7 +357,7 @@ class CutHub:
 @pytest.fixture(scope="module")
 def hub(fake_hub, tmp_path_factory) -> CutHub:
     path = tmp_path_factory.mktemp("shard") / SHARD
-    write_shard(path, None, pad=24 << 20)  # huggingface_hub keeps what it received in 10 MiB chunks
+    write_shard(path, None, pad=4 << 20)  # a shard big enough to be cut part way
     fake_hub.datasets[REPO] = {SHARD: path.read_bytes(), "README.md": b"---\nlicense: cc\n---\n"}
     cut = CutHub(fake_hub)
     yield cut
@@ -374,24 +377,37 @@ def test_download_given_up_then_run_again_then_offline(hub, fake_hub, hub_cli, t
     root, home = tmp_path / "data", tmp_path / "hf"
     dest = root / "coconut" / "relabeled_coco_val"
     data = fake_hub.datasets[REPO][SHARD]
-    # the connection drops half way and the server then sends nothing: huggingface_hub gives up
+    half = len(data) // 2
+
+    def readme_gets() -> int:
+        return sum(
+            r.startswith(f"GET /datasets/{REPO}/resolve/") and r.endswith("/README.md")
+            for r in fake_hub.requests
+        )
+
+    # the connection drops half way and the server then sends nothing: the run gives up
     hub.plan, hub.ranges, hub.sent = ["half"] + ["nothing"] * 8, [], 0
-    first = hub_cli(["data", "download", "coconut-val", "--root", str(root)], hub.url, home)
-    assert "could not download Hub dataset 'xdeng77/relabeled_coco_val'" in one_line_error(first)
-    assert "run again" in first.stderr
+    first = hub_cli(
+        ["data", "download", "coconut-val", "--root", str(root)], hub.url, home, COCOATTR_FAST_RETRY="1"
+    )
+    line = one_line_error(first)
+    assert "was interrupted after" in line and "run the same command again to resume" in line
     assert not (dest / SHARD).exists() and (dest / "README.md").is_file()  # nothing half-written in place
-    assert hub.ranges[0] is None and all(r and 0 < int(r[6:-1]) <= len(data) // 2 for r in hub.ranges[1:])
+    assert (dest / (SHARD + ".part")).read_bytes() == data[:half]  # what arrived is kept
+    assert hub.ranges == [None] + [f"bytes={half}-"] * 3
     # offline now, the half download is one line, not a folder without its shard
     cut = hub_cli(["data", "download", "coconut-val", "--root", str(root)], hub.url, home, HF_HUB_OFFLINE="1")
     assert "is not (completely) downloaded" in one_line_error(cut), cut.stderr
-    # the next run fetches what is missing (huggingface_hub 2 restarts a file a run gave up on)
-    readme_gets = fake_hub.requests.count(f"GET /datasets/{REPO}/resolve/main/README.md")
-    hub.plan, hub.ranges = [], []
+    # the next run resumes from the kept bytes: only the missing half crosses the wire
+    before = readme_gets()
+    hub.plan, hub.ranges, hub.sent = [], [], 0
     second = hub_cli(["data", "download", "coconut-val", "--root", str(root)], hub.url, home)
     assert second.returncode == 0, second.stderr
     assert f"coconut-val: ready at {dest}" in second.stdout
-    assert (dest / SHARD).read_bytes() == data
-    assert fake_hub.requests.count(f"GET /datasets/{REPO}/resolve/main/README.md") == readme_gets  # kept
+    assert hub.ranges == [f"bytes={half}-"] and hub.sent == len(data) - half
+    assert (dest / SHARD).read_bytes() == data and not (dest / (SHARD + ".part")).exists()
+    assert (dest / (SHARD + ".sha256")).read_text().split()[0] == hashlib.sha256(data).hexdigest()
+    assert readme_gets() == before  # a finished file is kept
     # cached: offline, the same command is served from --root without a request
     n = len(fake_hub.requests) + len(hub.ranges)
     offline = hub_cli(
@@ -403,15 +419,26 @@ def test_download_given_up_then_run_again_then_offline(hub, fake_hub, hub_cli, t
     assert sorted(s.image_id for s in dense) == sorted(IMAGES)
 
 
-def test_a_cut_within_one_run_is_resumed_by_huggingface_hub(hub, fake_hub, hub_cli, tmp_path) -> None:
+def test_a_cut_within_one_run_is_resumed(hub, fake_hub, hub_cli, tmp_path) -> None:
     data = fake_hub.datasets[REPO][SHARD]
     hub.plan, hub.ranges, hub.sent = ["half"], [], 0
-    proc = hub_cli(["data", "download", "coconut-val", "--root", str(tmp_path)], hub.url, tmp_path / "hf")
+    proc = hub_cli(["data", "download", "coconut-val", "--root", str(tmp_path)], hub.url, tmp_path / "hf",
+                   COCOATTR_FAST_RETRY="1")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert len(hub.ranges) == 2 and hub.ranges[0] is None
-    start = int(re.fullmatch(r"bytes=(\d+)-", hub.ranges[1])[1])  # where the second request resumed
-    assert 0 < start <= len(data) // 2 and hub.sent == len(data) // 2 + len(data) - start
+    assert hub.ranges == [None, f"bytes={len(data) // 2}-"] and hub.sent == len(data)
     assert (tmp_path / "coconut" / "relabeled_coco_val" / SHARD).read_bytes() == data
+
+
+def test_a_shard_that_does_not_match_the_hubs_sha256_is_refused(hub, fake_hub, hub_cli, tmp_path) -> None:
+    """The listing's LFS sha256 is checked: bytes that differ from it (same length) are refused, not kept."""
+    hub.plan, hub.ranges, hub.tamper = [], [], True
+    try:
+        proc = hub_cli(["data", "download", "coconut-val", "--root", str(tmp_path)], hub.url, tmp_path / "hf")
+    finally:
+        hub.tamper = False
+    assert "checksum mismatch (sha256" in one_line_error(proc)
+    dest = tmp_path / "coconut" / "relabeled_coco_val"
+    assert not (dest / SHARD).exists() and not (dest / (SHARD + ".part")).exists()
 
 
 def test_offline_without_a_download_is_one_line(hub, hub_cli, tmp_path) -> None:
@@ -450,17 +477,38 @@ def test_docs_carry_the_current_coverage_table() -> None:
     assert doc.endswith(coconut.coverage()), "regenerate: python -m cocoattr data coconut-coverage"
 
 
-def test_a_folder_returned_without_its_shards_is_one_line(tmp_path, monkeypatch) -> None:
-    """huggingface_hub 1 hands back a non-empty local_dir offline without checking it is complete."""
+@pytest.mark.parametrize(
+    "listing, message",
+    [
+        ([("README.md", 5)], r"the repo has no data/\*\.parquet"),
+        (
+            [("data/../../evil.parquet", 5)],
+            r"lists a file outside the dataset folder \('data/../../evil.parquet'\)",
+        ),
+    ],
+)
+def test_a_listing_without_shards_or_with_a_path_outside_is_one_line(tmp_path, monkeypatch, listing, message):
+    """What the Hub lists decides what is fetched: a repo with no shards, or a lying name that
+    would land outside the folder, is one line, and nothing is written outside."""
+    from types import SimpleNamespace
+
     import huggingface_hub
 
-    from cocoattr.data.download import fetch_hub_dataset
+    from cocoattr.data import download
     from cocoattr.data.resources import RESOURCES
 
-    (tmp_path / "README.md").write_text("half a download")
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(tmp_path))
-    with pytest.raises(UserError, match=r"no data/\*\.parquet under .*run the same command online"):
-        fetch_hub_dataset(RESOURCES["coconut-val"].hub, tmp_path)
+    files = [SimpleNamespace(path=p, size=n, lfs=None) for p, n in listing]
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "dataset_info", lambda self, repo, revision: SimpleNamespace(sha="abc")
+    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", lambda self, *a, **k: iter(files))
+    fetched = []
+    monkeypatch.setattr(download, "fetch", lambda url, dest, **k: fetched.append(dest) or (dest.parent.mkdir(parents=True, exist_ok=True), dest.write_text("x")))  # fmt: skip
+    dest = tmp_path / "coconut" / "relabeled_coco_val"
+    with pytest.raises(UserError, match=message):
+        download.fetch_hub_dataset(RESOURCES["coconut-val"].hub, dest)
+    assert all(f.resolve().is_relative_to(dest.resolve()) for f in fetched)
+    assert not (tmp_path / "evil.parquet").exists()
 
 
 def test_coconut_b_float_areas_read_the_same(rows, vocab) -> None:

@@ -16,7 +16,7 @@ error names the URL and what was wrong. Zips are extracted defensively (no absol
 Layout under `root`: `downloads/` holds the archives, `coco/` the extracted COCO tree
 (`coco/annotations/captions_train2017.json`, `coco/val2017/000000000139.jpg`, ...),
 `cocottributes/` the COCO Attributes pickle, `coconut/NAME/data/*.parquet` the COCONut Hub datasets
-(fetched through huggingface_hub: `fetch_hub_dataset`).
+(listed through huggingface_hub, fetched and verified by `fetch`: `fetch_hub_dataset`).
 
 A mirror (or a test server) is used by passing `base_url` / `--base-url` or setting
 `COCOATTR_DATA_BASE_URL`: it replaces the scheme+host+path prefix of every resource, so the
@@ -144,39 +144,69 @@ def download_all(names: Sequence[str], root: Path, base_url: str | None = None) 
 # --- Hub datasets --------------------------------------------------------------------------
 
 
-def fetch_hub_dataset(hub: HubDataset, dest: Path) -> Path:
-    """The files of `hub.repo` matching its patterns in `dest`, through huggingface_hub.
+def fetch_hub_dataset(hub: HubDataset, dest: Path, *, retries: int = 3) -> Path:
+    """The files of `hub.repo` matching its patterns in `dest`, each through `fetch`.
 
-    huggingface_hub resumes a cut transfer from `dest/.cache/huggingface/download/*.incomplete`
-    (within a run and on the next one), skips files already complete, and honours HF_ENDPOINT (a
-    mirror; `--base-url` is for the plain-HTTP resources) and HF_HUB_OFFLINE. Offline, or with
-    the Hub unreachable, a complete `dest` is used as it is; anything else is one line.
+    huggingface_hub lists the repo at one commit (sizes, and the sha256 of every LFS file, as the
+    parquet shards are) and gives each file's URL (HF_ENDPOINT honoured); the bytes then go
+    through `fetch`, so a cut or stalled transfer keeps `FILE.part` and the next run resumes it
+    (huggingface_hub 2 deletes a partial file when it gives up), and nothing is vouched for before
+    its size and sha256 match. Offline (HF_HUB_OFFLINE) or with the Hub unreachable, a `dest`
+    whose files are all complete is used as it is; anything else is one line.
     """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
     where = f"Hub dataset {hub.repo!r}"
     try:
-        snapshot_download(hub.repo, repo_type="dataset", local_dir=dest, allow_patterns=list(hub.patterns))
+        api = HfApi()
+        revision = api.dataset_info(hub.repo, revision="main").sha
+        listing = api.list_repo_tree(
+            hub.repo, repo_type="dataset", recursive=True, revision=revision, expand=True
+        )
+        files = [
+            f
+            for f in listing
+            if getattr(f, "size", None) is not None and any(fnmatch(f.path, p) for p in hub.patterns)
+        ]
     except RepositoryNotFoundError:
         raise UserError(f"{where} not found (or private: set HF_TOKEN)") from None
-    except LocalEntryNotFoundError:
+    except (OfflineModeIsEnabled, HfHubHTTPError, OSError, ValueError, *_http_client_errors()) as e:
+        if _complete_offline_copy(hub, dest):
+            return dest
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise UserError(
             f"{where} is not (completely) downloaded under {dest} and the Hub cannot be reached "
-            "(offline?); run the same command online to fetch or resume it"
+            f"(offline? {first}); run the same command online to fetch or resume it"
         ) from None
-    except (HfHubHTTPError, OSError, ValueError, *_http_client_errors()) as e:
-        first = next((line for line in str(e).splitlines() if line.strip()), "")
-        raise UserError(
-            f"could not download {where} ({type(e).__name__}: {first}); run again to resume"
-        ) from None
+    for f in files:
+        sha256 = f.lfs.sha256 if getattr(f, "lfs", None) else None
+        url = hf_hub_url(hub.repo, f.path, repo_type="dataset", revision=revision)
+        fetch(url, _inside(dest, f.path, where), size=f.size, sha256=sha256, retries=retries)
     parquet = [p for p in hub.patterns if p.endswith(".parquet")]
     if parquet and not any(any(dest.glob(p)) for p in parquet):
-        raise UserError(
-            f"{where}: no {', '.join(parquet)} under {dest} (an interrupted download seen offline?); "
-            "run the same command online to resume it"
-        )
+        raise UserError(f"{where}: the repo has no {', '.join(parquet)} (not a COCONut-style dataset repo?)")
     return dest
+
+
+def _inside(dest: Path, name: str, where: str) -> Path:
+    """`dest/name`, refusing a listed name that would land outside `dest` (a lying server)."""
+    target = (dest / name).resolve()
+    if not target.is_relative_to(dest.resolve()) or name.startswith("/"):
+        raise UserError(f"{where} lists a file outside the dataset folder ({name!r}); refused")
+    return dest / name
+
+
+def _complete_offline_copy(hub: HubDataset, dest: Path) -> bool:
+    """Whether `dest` holds, for every pattern with a parquet in it, files that `fetch` finished
+    and vouched for (a `.sha256` sidecar) and no `.part` left to resume."""
+    if not dest.is_dir() or any(dest.rglob("*.part")):
+        return False
+    parquet = [p for p in hub.patterns if p.endswith(".parquet")]
+    found = [q for p in parquet for q in dest.glob(p)]
+    return bool(found) and all(_sidecar(q).is_file() for q in found)
 
 
 def _http_client_errors() -> tuple[type[Exception], ...]:

@@ -52,8 +52,9 @@ class Resource:
 
 @dataclass(frozen=True)
 class HubDataset:
-    """A Hugging Face dataset repo, fetched with huggingface_hub into root/`provides[0]` (resumed,
-    kept between runs, HF_ENDPOINT / HF_HUB_OFFLINE honoured); its sizes and hashes are the Hub's."""
+    """A Hugging Face dataset repo: listed through huggingface_hub (HF_ENDPOINT / HF_HUB_OFFLINE
+    honoured), each file fetched into root/`provides[0]` by `download.fetch` (resumed across runs,
+    size and the LFS sha256 checked); its sizes and hashes are the Hub's."""
 
     repo: str
     patterns: tuple[str, ...] = ("data/*.parquet", "README.md")
