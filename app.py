@@ -341,7 +341,7 @@ def heatmap_tab(s: Service) -> gr.Image:
 
 def about_panel(predictor: Predictor, index: Index) -> None:
     with gr.Accordion("About this model", open=False):
-        gr.Markdown(about_text(predictor, index))
+        gr.Markdown(about_text(predictor, index), elem_id="about")
 
 
 # --------------------------------------------------------------------------- the app
