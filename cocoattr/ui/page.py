@@ -5,7 +5,8 @@ On a phone gradio stacks a tab's columns, so everything in the left column (the 
 sliders and examples) came before the results: after an upload they started ~1100 px down and
 nothing seemed to happen. Below 768 px the left column dissolves (`display: contents`) and its
 parts are reordered: photo, results, then the controls. The Heatmaps strip gets 3 tiles a row
-instead of 6 fixed ones, of which only the first 3 fit on a 390 px screen.
+instead of 6 fixed ones, of which only the first 3 fit on a 390 px screen; at every width the
+strip is as tall as its tiles (gradio's "auto" height left an empty box below them).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ CSS = f"""
   #predict-controls, #heatmap-controls {{ order: 2; }}
   #heatmap-tiles .grid-container {{
     grid-template-columns: repeat({STRIP_COLUMNS}, minmax(0, 1fr)) !important; }}
-  #heatmap-tiles .grid-wrap {{ max-height: none !important; min-height: 0 !important; }}
 }}
+#heatmap-tiles .grid-wrap {{ max-height: none !important; min-height: 0 !important; }}
 """
 
 # gradio applies a slider's number box on blur only; Enter there should apply it too.
