@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +98,11 @@ def open_index(predictor: Predictor) -> Index:
 # --------------------------------------------------------------------------- the named API
 
 
-def api_endpoints(s: Service) -> None:
-    """/predict, /heatmap, /objects, /search: plain values in, JSON-able values out, on hidden components.
+def api_functions(s: Service) -> tuple[Callable, Callable, Callable, Callable]:
+    """predict, heatmap, objects, search: plain values in, JSON-able values out.
 
-    The functions' names are the MCP tools' names and their docstrings (Args included) describe
-    the endpoints in view_api(), on the API page and in the MCP tool schemas.
+    Their names are the MCP tools' names and their docstrings (Args included) describe the
+    endpoints in view_api(), on the API page and in the MCP tool schemas.
     """
 
     @user_errors
@@ -163,6 +164,12 @@ def api_endpoints(s: Service) -> None:
         """
         return s.search_rows(query, top_k, image)
 
+    return predict, heatmap, objects, search
+
+
+def api_endpoints(s: Service) -> None:
+    """/predict, /heatmap, /objects, /search (`api_functions`) on hidden components."""
+    predict, heatmap, objects, search = api_functions(s)
     with gr.Column(visible=False):  # API-only inputs/outputs: hidden, so the endpoints have clean signatures
         a_image = image_input(label="image")
         a_topk = gr.Number(value=0, precision=0, label="top_k")
