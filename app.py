@@ -280,7 +280,14 @@ def heatmap_tab(s: Service) -> gr.Image:
         return gr.Image(value=None, label="overlay"), [], note
 
     def ui_heatmap(image: str | None, attribute: str | None, compare: list[str] | None,
-                   n: float, opacity: float, cmap: str) -> tuple:  # fmt: skip
+                   n: float, opacity: float, cmap: str, last: list | None) -> tuple:  # fmt: skip
+        key = [image, attribute, sorted(compare or []), n, opacity, cmap]
+        if image and key == last:  # the tab's first showing fires `change` again: nothing new to draw
+            return gr.skip(), gr.skip(), gr.skip(), last
+        return (*draw(image, attribute, compare, n, opacity, cmap), key)
+
+    def draw(image: str | None, attribute: str | None, compare: list[str] | None,
+             n: float, opacity: float, cmap: str) -> tuple:  # fmt: skip
         if not image:
             return cleared("")
         try:
@@ -334,7 +341,8 @@ def heatmap_tab(s: Service) -> gr.Image:
         tiles = gr.Gallery(
             label="side by side", columns=6, height="auto", format="jpeg", elem_id="heatmap-tiles"
         )
-    inputs, outputs = [image, attr, compare, n, opacity, cmap], [main, tiles, note]
+    drawn = gr.State(None)  # the inputs of what is on screen
+    inputs, outputs = [image, attr, compare, n, opacity, cmap, drawn], [main, tiles, note, drawn]
     image.change(ui_heatmap, inputs, outputs, **UI)
     for ctl in (attr, compare, cmap):
         ctl.input(ui_heatmap, inputs, outputs, show_progress="hidden", **UI)
