@@ -267,6 +267,34 @@ def test_a_bad_photo_is_one_clear_line(browser, app_server, app_bad_files, app_a
     context.close()
 
 
+def test_heatmaps_are_drawn_once_per_photo(browser, app_server, monkeypatch) -> None:
+    """Predict hands its photo to Heatmaps, which draws it; showing the tab for the first time
+    fires its `change` again, which must not draw the overlay and every tile again (twice more)."""
+    import threading
+
+    from playwright.sync_api import expect
+
+    from cocoattr import viz
+
+    drawn, lock, overlay = [], threading.Lock(), viz.overlay
+
+    def counted(*args, **kwargs):
+        with lock:
+            drawn.append(1)
+        return overlay(*args, **kwargs)
+
+    monkeypatch.setattr(viz, "overlay", counted)  # the app's Service draws through viz.overlay
+    context, page = _open(browser, app_server, 1280, 900)
+    page.locator("#predict-image input[type=file]").set_input_files(str(GALLERY / "sklearn_flower.jpg"))
+    expect(page.locator("#predict-summary")).to_contain_text("Most likely")
+    page.get_by_role("tab", name="Heatmaps").click()
+    expect(page.locator("#heatmap-tiles img")).to_have_count(6)
+    expect(page.locator("#heatmap-main img")).to_be_visible()
+    page.wait_for_timeout(3000)  # the tab's late change events have long arrived
+    assert len(drawn) == 1 + 6, f"{len(drawn)} overlays drawn for one photo"
+    context.close()
+
+
 def test_predict_at_phone_width(browser, app_server, app_artifacts) -> None:
     """390x844: the results start right under the photo (they began ~1200 px down, below the
     sliders and examples), nothing scrolls sideways, the controls come after the results."""
