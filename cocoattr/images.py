@@ -6,6 +6,7 @@ way: a `UserError` naming the file and the problem, never a Pillow traceback.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -43,9 +44,7 @@ def load_image(source: ImageInput, name: str | None = None, min_side: int | None
     if w < 1 or h < 1:
         raise UserError(f"{label}: image has no pixels ({w}x{h})")
     if w * h > MAX_PIXELS:
-        raise UserError(
-            f"{label}: image is too large ({w}x{h} = {w * h / 1e6:.0f} MP, limit {MAX_PIXELS / 1e6:.0f} MP)"
-        )
+        raise UserError(_too_large(label, (w, h)))
     try:
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
@@ -73,24 +72,51 @@ def _open(source: str | os.PathLike | bytes, label: str, min_side: int | None = 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(fp)
-            w, h = image.size
-            if w * h > MAX_PIXELS:
-                raise UserError(
-                    f"{label}: image is too large ({w}x{h} = {w * h / 1e6:.0f} MP, "
-                    f"limit {MAX_PIXELS / 1e6:.0f} MP)"
-                )
+            if image.size[0] * image.size[1] > MAX_PIXELS:
+                raise UserError(_too_large(label, image.size))
             if min_side and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
             image.load()
     except UserError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{label}: image is too large (decompression-bomb limit)") from None
+        raise UserError(_too_large(label, _declared_size(fp))) from None
     except UnidentifiedImageError:
         raise UserError(f"{label}: not an image (unrecognised format)") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{label}: cannot decode image ({e})") from None
     return image
+
+
+def _too_large(label: str, size: tuple[int, int] | None) -> str:
+    """'x.png: image is too large (12000x12000 = 144 MP; the limit is 64 MP)'."""
+    limit = f"the limit is {MAX_PIXELS / 1e6:.0f} MP"
+    if size is None:
+        return f"{label}: image is too large ({limit})"
+    w, h = size
+    return f"{label}: image is too large ({w}x{h} = {w * h / 1e6:.0f} MP; {limit})"
+
+
+def _declared_size(fp: Path | io.BytesIO) -> tuple[int, int] | None:
+    """The size a file's header declares, read by its format's own plugin (no pixels decoded).
+
+    Pillow's bomb check inside `Image.open` raises before the caller sees the image's size, so
+    the message could not say how large the image is; the plugins read only the header here.
+    """
+    Image.init()
+    with open(fp, "rb") if isinstance(fp, Path) else contextlib.nullcontext(fp) as f:
+        f.seek(0)
+        prefix = f.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None and not accept(prefix):
+                continue
+            try:
+                f.seek(0)
+                return factory(f, "").size
+            except Exception:  # noqa: BLE001, S112 - not this format: try the next plugin
+                continue
+    return None
 
 
 def _from_array(array: np.ndarray, label: str) -> Image.Image:

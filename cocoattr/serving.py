@@ -27,7 +27,7 @@ from cocoattr.hub import read_metrics
 from cocoattr.images import load_image
 from cocoattr.index import GALLERY, Index
 from cocoattr.search import Hit, Photo, Results, check_checkpoint, find
-from cocoattr.vocab import TYPES
+from cocoattr.vocab import TYPES, match_attribute
 
 if TYPE_CHECKING:
     from cocoattr.predictor import DetectedObject, Prediction, Predictor
@@ -67,15 +67,16 @@ class Service:
         return self.cache.get(image)
 
     def attribute(self, pred: Prediction, attribute: str | None) -> str:
-        """The attribute asked for (validated, with suggestions), or the prediction's top one."""
+        """The attribute asked for (any case, validated, with suggestions), or the prediction's top one."""
         attribute, names = (attribute or "").strip(), self.names
         if not attribute:
             return names[int(np.argmax(pred.probs))]
-        if attribute not in names:
+        found = match_attribute(attribute, names)
+        if found is None:
             close = difflib.get_close_matches(attribute.lower(), names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UserError(f"unknown attribute {attribute!r}{hint}")
-        return attribute
+        return found
 
     def overlay(
         self, image: Image.Image, pred: Prediction, attribute: str, opacity: float, cmap: str
@@ -218,8 +219,50 @@ def search_tile(h: Hit, i: int) -> tuple[Any, str]:
     return _tile_image(h), _tile_caption(h, i)
 
 
+# What each recorded metric is, for people (the keys stay those of metrics.json).
+METRIC_NAMES = {
+    "mAP": "mean average precision (mAP)",
+    "auc": "mean per-image AUC",
+    "mean_per_image_auc": "mean per-image AUC",
+    "per_image_auc": "mean per-image AUC",
+    "precision_at_5": "precision of the top 5 attributes",
+    "precision_at_5_non_colour": "precision of the top 5 attributes, colours left out",
+    "colours_in_top_5": "colours among the top 5 attributes",
+    "micro_f1": "F1, pooled over all attributes (micro)",
+    "macro_f1": "F1, averaged over attributes (macro)",
+    "CF1": "per-class F1 (CF1)",
+    "OF1": "overall F1 (OF1)",
+    "n_attributes_scored": "attributes scored",
+    "images": "images",
+    "best_epoch": "best epoch",
+    "epochs_run": "epochs run",
+}
+METRIC_SETS = {"gallery": "the bundled gallery", "val": "validation", "test": "test", "train": "training"}
+
+
+def metric_label(key: str) -> tuple[str, str]:
+    """(what, measured on) for a metrics.json key: 'gallery_precision_at_5' ->
+    ('precision of the top 5 attributes', 'the bundled gallery'); unknown keys read as words."""
+    where, _, rest = key.partition("_")
+    if where in METRIC_SETS and rest:
+        return metric_label(rest)[0], METRIC_SETS[where]
+    if key.startswith("n_") and key[2:] in METRIC_SETS:
+        return "images", METRIC_SETS[key[2:]]
+    return METRIC_NAMES.get(key, key.replace("_", " ")), ""
+
+
+def _shown_folder(spec: str) -> str:
+    """An index's images as a visitor may see them: a Hub id, or a folder's name (no server path)."""
+    if spec == GALLERY:
+        return "the bundled gallery"
+    if spec.startswith("hf://"):
+        return f"`{spec}`"
+    return f"the folder `{Path(spec).name or spec}`"
+
+
 def about_text(predictor: Predictor, index: Index) -> str:
-    """Markdown for the About panel: which model, how big its vocabulary, its metrics if any."""
+    """Markdown for the About panel: which model (its name, never a server path), the zero-shot
+    notice once, the vocabulary, the index, and its metrics under names people read."""
     model = predictor.model
     source = Path(getattr(model, "source", "") or "")
     kind = getattr(model, "kind", "trained")
@@ -227,26 +270,35 @@ def about_text(predictor: Predictor, index: Index) -> str:
     lines = [
         f"**Checkpoint:** `{source.name or 'in memory'}` "
         f"({'embedded default, ' if source.name == 'default' else ''}{kind} model)  ",
-    ]  # the folder's name only: a visitor has no business with the server's paths
-    if kind == "zero-shot":
-        lines.append(
-            "> This is a **zero-shot** model: it was built from ImageNet classes and text, with no attribute "
-            "labels. Expect sensible top attributes but rough probabilities; load a trained checkpoint "
-            "(`COCOATTR_CHECKPOINT`) for real accuracy."
-        )
-    if getattr(model, "description", ""):
-        lines += ["", model.description]
-    images = "the bundled gallery" if index.root_spec == GALLERY else index.root_spec
+    ]
+    description = " ".join(str(getattr(model, "description", "") or "").split())
+    if kind == "zero-shot":  # one notice: what it is (the description's first sentence), what to expect
+        what = description.split(". ")[0].rstrip(".") + ". " if description else ""
+        lines += ["", (
+            f"> This is a **zero-shot** model, trained on no attribute labels. {what}Expect sensible top "
+            "attributes but rough probabilities; load a trained checkpoint (`COCOATTR_CHECKPOINT`) for "
+            "real accuracy."
+        )]  # fmt: skip
+    elif description:
+        lines += ["", description]
     lines += [
         "",
         f"**Vocabulary:** {len(predictor.attributes)} attributes in {len(counts)} types ("
         + ", ".join(f"{t} {n}" for t, n in counts.items())
         + ")  ",
-        f"**Search index:** {len(index)} images from `{images}`",
+        f"**Search index:** {len(index)} images from {_shown_folder(index.root_spec)}",
     ]
     metrics, where = read_metrics(source) if str(source) else ({}, "")
     if not metrics:
         return "\n".join(lines + ["", "No metrics recorded for this checkpoint."])
-    lines += ["", f"**Metrics** ({where}):", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += [
+        "",
+        f"**Metrics** (from the checkpoint's {where}):",
+        "",
+        "| metric | on | value |",
+        "|---|---|---|",
+    ]
+    for k, v in metrics.items():
+        name, on = metric_label(k)
+        lines.append(f"| {name} | {on} | {v:.3f} |" if isinstance(v, float) else f"| {name} | {on} | {v} |")
     return "\n".join(lines)

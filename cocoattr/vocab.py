@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -120,6 +121,15 @@ class Vocabulary:
                     out.add(implied)
                     todo.append(implied)
         return out
+
+
+def match_attribute(name: str, names: Sequence[str]) -> str | None:
+    """`name` as `names` spell it, ignoring case and spacing ('Dog ' -> 'dog'), or None.
+
+    Users and API callers type attribute names by hand; the vocabulary is lower case.
+    """
+    key = " ".join(name.split()).casefold()
+    return next((n for n in names if n.casefold() == key), None)
 
 
 def load_vocabulary(path: str | Path | None = None) -> Vocabulary:

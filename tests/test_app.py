@@ -45,6 +45,34 @@ def test_named_endpoints_and_defaults(app_client) -> None:
     assert [p["parameter_name"] for p in api["/objects"]["parameters"]] == ["image", "min_score", "top_k"]
     assert [p["parameter_name"] for p in api["/predict"]["parameters"]] == ["image", "top_k", "threshold"]
     assert len(api) == 4, "UI events must stay out of the documented API"
+    for name, endpoint in api.items():
+        assert len(endpoint["description"]) > 30, f"{name}: the docstring describes the endpoint"
+
+
+def test_the_api_pages_sample_search_call_works(app_client) -> None:
+    """The API page's sample call for /search is its defaults: they must make a valid query."""
+    params = app_client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/search"][
+        "parameters"
+    ]
+    assert all(p["parameter_has_default"] for p in params)
+    hits = app_client.predict(*[p["parameter_default"] for p in params], api_name="/search")
+    assert hits and all(h["satisfies"] for h in hits)
+    assert hits == app_client.predict(api_name="/search"), "no arguments: the same defaults"
+
+
+def test_mcp_tools_are_the_endpoints_with_their_docstrings(app_server) -> None:
+    """launch(mcp_server=True): each named endpoint is an MCP tool whose schema its docstring writes."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(app_server.url + "gradio_api/mcp/schema", timeout=30) as r:
+        tools = {t["name"]: t for t in json.load(r)}
+    assert {"predict", "heatmap", "objects", "search"} <= set(tools), sorted(tools)
+    for name in ("predict", "heatmap", "objects", "search"):
+        props = tools[name]["inputSchema"]["properties"]
+        assert all(len(p.get("description", "")) > 10 for p in props.values()), (name, props)
+    assert "any case" in tools["heatmap"]["inputSchema"]["properties"]["attribute"]["description"]
+    assert tools["search"]["inputSchema"].get("required", []) == []
 
 
 def test_startup_built_the_index(app_server) -> None:
@@ -143,6 +171,19 @@ def test_search_syntax_top_k_and_query_by_image(app_client) -> None:
     assert same[0]["image"] == CHELSEA.name, "an image is its own nearest neighbour"
 
 
+def test_attribute_names_in_any_case(app_client) -> None:
+    """Typed names are matched without case: 'FURRY' is furry, 'Furry, ANIMAL' is furry, animal."""
+    photo = handle_file(str(CHELSEA))
+    upper = Image.open(app_client.predict(photo, "FURRY", api_name="/heatmap"))
+    lower = Image.open(app_client.predict(photo, "furry", api_name="/heatmap"))
+    assert np.array_equal(np.asarray(upper), np.asarray(lower))
+    dog = Image.open(app_client.predict(photo, " Dog ", api_name="/heatmap"))
+    assert not np.array_equal(np.asarray(dog), np.asarray(lower)), "Dog is the dog map, not the top one"
+    assert app_client.predict("Furry, ANIMAL", 5, api_name="/search") == app_client.predict(
+        "furry, animal", 5, api_name="/search"
+    )
+
+
 # ---------------------------------------------------------------------------- errors a user can cause
 
 
@@ -171,6 +212,55 @@ def test_errors_are_readable_and_the_app_keeps_serving(app_client, app_bad_files
     assert len(probs) == 5, "still serving after the errors"
 
 
+def _raw_call(url: str, endpoint: str, data: list) -> str:
+    """POST an endpoint's call as any HTTP client can (no gradio_client upload first); its event."""
+    import json
+    import urllib.request
+
+    post = urllib.request.Request(url + f"gradio_api/call/{endpoint}", json.dumps({"data": data}).encode(),
+                                  {"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(post, timeout=30) as r:
+        event = json.load(r)["event_id"]
+    with urllib.request.urlopen(url + f"gradio_api/call/{endpoint}/{event}", timeout=60) as r:
+        return r.read().decode()
+
+
+def test_the_page_and_the_api_refuse_server_files(app_server, tmp_path_factory) -> None:
+    """Only uploads and the served folders (the gallery, the index's images) can be read: not
+    the app's source, its checkpoint, /etc/passwd, or a photo elsewhere on the server."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    root = Path(__file__).resolve().parent.parent
+    secret = tmp_path_factory.mktemp("server-only") / "private.jpg"
+    Image.open(CHELSEA).save(secret)  # a real image: refused for where it is, not what it is
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(
+                app_server.url + "gradio_api/file=" + urllib.parse.quote(path), timeout=30
+            ):
+                return 200
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert status(str(CHELSEA)) == 200, "the gallery is served (the examples and results show it)"
+    for path in ("/etc/passwd", str(root / "app.py"), str(root / "checkpoints" / "default" / "config.json"),
+                 str(secret), str(APP_GALLERY / ".." / ".." / "app.py")):  # fmt: skip
+        assert status(path) in (403, 404), path
+    for endpoint, args in (("predict", [0, 0.0]), ("heatmap", ["", 0.5, "jet"]), ("objects", [0.35, 5])):
+        for path in ("/etc/passwd", str(secret)):
+            answer = _raw_call(
+                app_server.url, endpoint, [{"path": path, "meta": {"_type": "gradio.FileData"}}, *args]
+            )
+            assert answer.startswith("event: error") and "root:" not in answer, (endpoint, path, answer)
+    ok = _raw_call(
+        app_server.url, "predict", [{"path": str(CHELSEA), "meta": {"_type": "gradio.FileData"}}, 3, 0.0]
+    )
+    assert ok.startswith("event: complete"), ok  # the same call with a served file works
+
+
 # ---------------------------------------------------------------------------- the About panel
 
 
@@ -183,7 +273,32 @@ def test_about_names_the_zero_shot_default(app_predictor, app_server) -> None:
     assert f"{app_predictor.model.kind} model" in text
     assert f"{len(app_predictor.attributes)} attributes in 8 types" in text and "36 images" in text
     if app_predictor.model.kind == "zero-shot":
-        assert "This is a **zero-shot** model" in text
+        assert text.count("zero-shot** model") == 1 and text.count("real accuracy") == 1, "one notice"
+    metrics, _ = serving.read_metrics(Path(app_predictor.model.source))
+    for key in metrics:  # each metric under a name people read, never its raw key
+        assert f"| {key} |" not in text and f"| {serving.metric_label(key)[0]} |" in text
+
+
+def test_about_shows_no_server_path_and_names_metrics(app_predictor, tmp_path) -> None:
+    from cocoattr import serving
+
+    folder = tmp_path / "secret-server-folder" / "photos"
+
+    class _Index:  # only what about_text reads: its size and where its images are
+        root_spec = str(folder)
+
+        def __len__(self) -> int:
+            return 3
+
+    text = serving.about_text(app_predictor, _Index())  # type: ignore[arg-type]
+    assert "3 images from the folder `photos`" in text and str(tmp_path) not in text
+    assert serving.metric_label("gallery_precision_at_5") == (
+        "precision of the top 5 attributes",
+        "the bundled gallery",
+    )
+    assert serving.metric_label("val_mAP") == ("mean average precision (mAP)", "validation")
+    assert serving.metric_label("n_train") == ("images", "training")
+    assert serving.metric_label("some_new_key") == ("some new key", "")
 
 
 # ---------------------------------------------------------------------------- cocoattr.viz

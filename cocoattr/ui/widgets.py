@@ -1,7 +1,9 @@
-"""What every tab shares: user errors shown on the page, the image input, the UI-only event flag."""
+"""What every tab shares: user errors shown on the page (an API error, or a tab's one-line note),
+the image input, the UI-only event flag."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -16,6 +18,13 @@ UI = {"api_visibility": "undocumented"}  # the UI's own events stay out of view_
 def _user_message(e: UserError) -> str:
     """gr.Error renders HTML; file names come from users, so neutralise markup (keep '->' readable)."""
     return str(e).replace("&", "&amp;").replace("<", "&lt;")
+
+
+def error_note(e: UserError) -> str:
+    """A UserError as the one bold line a tab shows in place of its results (markup neutralised,
+    Markdown's too: file names come from users)."""
+    text = re.sub(r"([\\`*_\[\]])", r"\\\1", _user_message(e))
+    return f"**Cannot use this photo: {text}**"
 
 
 def user_errors(fn: Callable) -> Callable:
