@@ -154,7 +154,8 @@ def api_functions(s: Service) -> tuple[Callable, Callable, Callable, Callable]:
 
         Args:
             query: attributes separated by commas ('red, furry, -indoor': -x excludes x, x^2 weighs x
-                twice) or free text ('a dog on a beach'); may be empty when a photo is given.
+                twice) or free text ('a dog on a beach'); defaults to the API page's sample query,
+                so pass query='' to search by a photo alone.
             top_k: how many images to return (1 to 100).
             image: optional query photo (a file or URL): images like it; with a query, the query's
                 attributes decide which images qualify and the photo ranks them.
