@@ -7,7 +7,9 @@ import json
 import sys
 
 from cocoattr.cli.arguments import add_checkpoint, add_device, probability, writable_file
-from cocoattr.errors import UserError
+from cocoattr.errors import UserError, notice
+
+GALLERY_SPLITS = ("all", "train", "val", "test")
 
 
 def _with_objects(predictor, paths: list[str], min_score: float):
@@ -70,14 +72,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cocoattr.atomic import atomic_write_json
-    from cocoattr.evaluation import evaluate_checkpoint, format_table
 
     out = writable_file(args.out) if args.out else None
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.baseline, device=args.device)
-    print(format_table(result))
+    if args.coco is not None:
+        result, table = _evaluate_coco(args)
+    else:
+        from cocoattr.evaluation import evaluate_checkpoint, format_table
+
+        split = args.split or "all"
+        if split not in GALLERY_SPLITS:
+            raise UserError(f"--split {split!r}: expected one of {', '.join(GALLERY_SPLITS)} (or give --coco ROOT)")
+        result = evaluate_checkpoint(args.checkpoint, args.data, split, args.baseline, device=args.device)
+        table = format_table(result)
+    print(table)
     if out is not None:
         atomic_write_json(out, result)
     return 0
+
+
+def _evaluate_coco(args: argparse.Namespace) -> tuple[dict, str]:
+    """`evaluate --coco ROOT --split val2017`: build (or update) the split's index, then score the
+    category attributes against the instance annotations."""
+    from cocoattr.coco_index import build_coco_index, split_files
+    from cocoattr.evaluation import coco_category_retrieval, format_coco_table
+    from cocoattr.index import default_index_path, image_set, save_every_from_env
+
+    if args.baseline:
+        raise UserError("--baseline: only for the hand-labelled gallery, not with --coco")
+    split = args.split or "val2017"
+    _, _, image_dir = split_files(args.coco, split)
+    path = writable_file(args.index) if args.index else default_index_path(image_set(image_dir))
+    notice(f"COCO {split}: the index is kept at {path} (built or updated first)")
+    report, _ = build_coco_index(args.coco, split, path, checkpoint=args.checkpoint,
+                                 save_every=save_every_from_env(), device=args.device)  # fmt: skip
+    index = report.index
+    result = coco_category_retrieval(index.probs, index.attributes, [r["categories"] for r in index.records])
+    result = {"checkpoint": index.checkpoint.get("source"), "checkpoint_sha256": index.checkpoint.get("sha256"),
+              "data": "coco", "split": split, "index": str(path), **result}  # fmt: skip
+    return result, format_coco_table(result)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -95,10 +127,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set")
+    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set; with --coco, "
+                       "precision@10 / mAP of the COCO category attributes against the instance annotations")  # fmt: skip
     add_checkpoint(p)
     p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout")
-    p.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    p.add_argument("--coco", default=None, help="COCO root (the --root of `data download`): score retrieval "
+                   "of the category attributes on a split, against its instance annotations")  # fmt: skip
+    p.add_argument("--split", default=None, help="gallery: all (default), train, val, test; "
+                   "with --coco: val2017 (default), train2017, val2014, train2014")  # fmt: skip
+    p.add_argument("--index", default=None, help="with --coco: the split's index file, built or updated "
+                   "first (default: one under checkpoints/ per split folder)")  # fmt: skip
     p.add_argument(
         "--baseline", action="store_true", help="also score the class-posterior-averaging baseline"
     )
