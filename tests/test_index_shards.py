@@ -38,16 +38,18 @@ def assert_same_index(a: Index, b: Index, exact: bool = True) -> None:
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def build_shard(folder: Path, out: Path, shard: tuple[int, int], predictor: FakePredictor, **kw) -> Path:
+def build_shard(images: Path, out: Path, shard: tuple[int, int], predictor: FakePredictor, **kw) -> Path:
     part = part_path(out, shard)
-    build_index(folder, part, predictor, select=selector(shard), info={"shard": list(shard)}, progress=False,
+    build_index(images, part, predictor, select=selector(shard), info={"shard": list(shard)}, progress=False,
                 **kw)  # fmt: skip
     return part
 
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_shards_merged_equal_a_single_build(tmp_path, folder, n):  # noqa: F811 - the fixture
-    single = build_index(folder, tmp_path / "single.npz", FakePredictor(tmp_path / "ck"), progress=False).index
+    single = build_index(
+        folder, tmp_path / "single.npz", FakePredictor(tmp_path / "ck"), progress=False
+    ).index
     calls, parts = [], []
     for i in range(n):
         pred = FakePredictor(tmp_path / "ck")
@@ -67,7 +69,9 @@ def test_shard_of_is_a_stable_split_of_every_path():
 
 
 def test_killed_shard_resumes_from_its_part(tmp_path, folder):  # noqa: F811
-    single = build_index(folder, tmp_path / "single.npz", FakePredictor(tmp_path / "ck"), progress=False).index
+    single = build_index(
+        folder, tmp_path / "single.npz", FakePredictor(tmp_path / "ck"), progress=False
+    ).index
     out = tmp_path / "i.npz"
     other = build_shard(folder, out, (1, 2), FakePredictor(tmp_path / "ck"))
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -92,7 +96,7 @@ def _one_line(capsys) -> str:
 @pytest.mark.parametrize("spec", ["2/2", "a/b", "-1/2", "1/0", "", "1", "0/2/3"])
 def test_bad_shard_spec_is_one_line(tmp_path, folder, capsys, spec):  # noqa: F811
     out = tmp_path / "i.npz"
-    assert main(["index", "build", "--images", str(folder), "--out", str(out), "--shard", spec]) == 2
+    assert main(["index", "build", "--images", str(folder), "--out", str(out), f"--shard={spec}"]) == 2
     assert f"--shard {spec!r}: expected I/N" in _one_line(capsys)
     assert list(tmp_path.glob("i*.npz")) == []
 
@@ -151,7 +155,12 @@ def test_merge_never_overwrites_a_part_or_a_non_index_file(tmp_path, parts, caps
 # ----------------------------------------------------------------------------- the real CLI
 
 
-def test_cli_shards_of_a_coco_split_merge_to_the_single_build(coco, default_checkpoint, tmp_path, monkeypatch):  # noqa: F811
+def test_cli_shards_of_a_coco_split_merge_to_the_single_build(
+    coco,  # noqa: F811 - the fixture
+    default_checkpoint,
+    tmp_path,
+    monkeypatch,
+):
     """Shard 0 by --shard, shard 1 as torchrun would start it (RANK/WORLD_SIZE), then `index merge`."""
     root, single, _ = coco
     out = tmp_path / "val2017.npz"

@@ -48,7 +48,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         f"{report.reused} unchanged, {len(report.removed)} removed, {len(report.failed)} failed"
     )
     if shard is not None:
-        notice(f"when every shard is built: cocoattr index merge {parts_pattern(final, shard[1])} --out {final}")
+        notice(
+            f"when every shard is built: cocoattr index merge {parts_pattern(final, shard[1])} --out {final}"
+        )
     if report.failed:
         notice(f"{len(report.failed)} images could not be read and are not in the index")
         return 1

@@ -81,7 +81,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         split = args.split or "all"
         if split not in GALLERY_SPLITS:
-            raise UserError(f"--split {split!r}: expected one of {', '.join(GALLERY_SPLITS)} (or give --coco ROOT)")
+            raise UserError(
+                f"--split {split!r}: expected one of {', '.join(GALLERY_SPLITS)} (or give --coco ROOT)"
+            )
         result = evaluate_checkpoint(args.checkpoint, args.data, split, args.baseline, device=args.device)
         table = format_table(result)
     print(table)
