@@ -7,8 +7,8 @@ Build: N real photos (the bundled gallery's, cropped and resized to 640x480, COC
 re-encoded as JPEG q90) in the real COCO layout (captions + instances JSON), indexed through the
 CLI exactly as a user runs it (`index build --coco`, with thumbnails and records): once in one
 process, then as two processes at once (`--shard 0/2` and `--shard 1/2`) + `index merge`.
-Each process's start-up (imports, model load, scan) is measured by rerunning the finished build
-(0 computed) and subtracted, so img/s is the indexing itself; wall times are given too.
+img/s is from two sizes (N and N/4), so each process's fixed costs (imports, model load, ONNX
+export, scan, save) cancel; wall times with start-up are given too.
 Query: `bench/run.py`'s search section (random probabilities stored as the index stores them,
 unit embeddings), at each size. Writes bench/index_scale.json and prints the README rows.
 """
@@ -90,43 +90,63 @@ def _run_all(cmds: list[list[str]]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_build(n: int) -> dict:
+def _builds(root: Path, out: Path) -> tuple[float, float]:
+    """Wall seconds of a fresh build in one process, then as two shards at once (+ the merge)."""
     from cocoattr.index_shards import part_path
 
+    one = _run_all([_cmd(root, out)])
+    two = _run_all([_cmd(root, out.with_name("two.npz"), "--shard", f"{i}/2") for i in range(2)])
+    parts = [str(part_path(out.with_name("two.npz"), (i, 2))) for i in range(2)]
+    t0 = time.perf_counter()
+    merged = subprocess.run([PY, "-m", "cocoattr", "index", "merge", *parts, "--out", str(out.with_name("two.npz"))],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    return one, two + (time.perf_counter() - t0)
+
+
+def _rows_only(index: Index, n: int) -> Index:
+    """The first n rows of an index (n = 0: its fixed part, the metadata and text tensors)."""
+    index.paths, index.sizes, index.mtimes = index.paths[:n], index.sizes[:n], index.mtimes[:n]
+    index.probs, index.embeddings = index.probs[:n], index.embeddings[:n]
+    index.records = None if index.records is None else index.records[:n]
+    index.thumbnails = None if index.thumbnails is None else index.thumbnails[:n]
+    return index
+
+
+def bench_build(n: int) -> dict:
+    """img/s from the difference of two build sizes (n and n/4): every fixed cost (imports, model
+    load, the ONNX export and session, the scan, the final save) cancels out."""
+    small = max(1, n // 4)
     with tempfile.TemporaryDirectory(prefix="cocoattr-index-scale-") as tmp:
-        root = write_coco(Path(tmp) / "data", n)
-        one, two = Path(tmp) / "one.npz", Path(tmp) / "two.npz"
-        wall1 = _run_all([_cmd(root, one)])
-        start1 = _run_all([_cmd(root, one)])  # finished: 0 computed, i.e. the start-up alone
-        shards = [_cmd(root, two, "--shard", f"{i}/2") for i in range(2)]
-        wall2 = _run_all(shards)
-        start2 = _run_all(shards)
-        parts = [str(part_path(two, (i, 2))) for i in range(2)]
-        t0 = time.perf_counter()
-        merged = subprocess.run([PY, "-m", "cocoattr", "index", "merge", *parts, "--out", str(two)], cwd=REPO,
-                                env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
-        merge_s = time.perf_counter() - t0
-        assert merged.returncode == 0, merged.stderr
+        walls = {}
+        for m in (small, n):
+            folder = Path(tmp) / str(m)
+            walls[m] = _builds(write_coco(folder / "data", m), folder / "one.npz")
+            log(f"build {m} images: 1 process {walls[m][0]:.1f} s, 2 processes + merge {walls[m][1]:.1f} s")
+        one, two = Path(tmp) / str(n) / "one.npz", Path(tmp) / str(n) / "two.npz"
         a, b = Index.load(one), Index.load(two)
         assert a.paths == b.paths and a.records == b.records and len(a) == n
         max_diff = float(np.abs(a.probs.astype(np.float32) - b.probs.astype(np.float32)).max())
         size = one.stat().st_size
-        bare = Path(tmp) / "bare.npz"
-        a.records = a.thumbnails = None
-        a.save(bare)
-        thumbs = Index.load(one).thumbnails or []
+        fixed, bare = Path(tmp) / "fixed.npz", Path(tmp) / "bare.npz"
+        _rows_only(Index.load(one), 0).save(fixed)
+        plain = Index.load(one)
+        plain.records = plain.thumbnails = None
+        plain.save(bare)
+        thumbs = a.thumbnails or []
+        per_image = lambda i: round(walls[n][i] - walls[small][i], 2)  # noqa: E731
         return {
-            "images": n, "image_size": list(SIZE),
-            "one_process": {"wall_s": round(wall1, 2), "startup_s": round(start1, 2),
-                            "images_per_s": round(n / max(wall1 - start1, 1e-9), 2),
-                            "images_per_s_wall": round(n / wall1, 2)},
-            "two_processes": {"wall_s": round(wall2, 2), "startup_s": round(start2, 2),
-                              "images_per_s": round(n / max(wall2 - start2, 1e-9), 2),
-                              "images_per_s_wall": round(n / wall2, 2), "merge_s": round(merge_s, 2)},
+            "images": [small, n], "image_size": list(SIZE), "wall_s": {str(m): w for m, w in walls.items()},
+            "one_process": {"images_per_s": round((n - small) / per_image(0), 2),
+                            "wall_s": round(walls[n][0], 2), "images_per_s_wall": round(n / walls[n][0], 2)},
+            "two_processes": {"images_per_s": round((n - small) / per_image(1), 2),
+                              "wall_s": round(walls[n][1], 2), "images_per_s_wall": round(n / walls[n][1], 2)},
             "merged_equals_single": {"paths_and_records": True, "max_abs_prob_diff": max_diff},
-            "bytes_per_1k_images": {"coco_index": round(size / n * 1000),
-                                    "without_thumbnails_and_records": round(bare.stat().st_size / n * 1000),
-                                    "thumbnails_alone": round(sum(map(len, thumbs)) / n * 1000)},
+            "fixed_bytes": fixed.stat().st_size,
+            "bytes_per_1k_images": {
+                "coco_index": round((size - fixed.stat().st_size) / n * 1000),
+                "without_thumbnails_and_records": round((bare.stat().st_size - fixed.stat().st_size) / n * 1000),
+                "thumbnails_alone": round(sum(map(len, thumbs)) / n * 1000)},
         }  # fmt: skip
 
 
@@ -159,13 +179,14 @@ def rows(result: dict) -> list[str]:
     if b:
         one, two, size = b["one_process"], b["two_processes"], b["bytes_per_1k_images"]
         lines.append(
-            f"| index build, {b['images']} COCO-layout 640x480 JPEGs (`index build --coco`, thumbnails), "
-            f"1 / 2 processes (`--shard`) | {one['images_per_s']} / {two['images_per_s']} img/s "
-            f"(wall with start-up {one['images_per_s_wall']} / {two['images_per_s_wall']}; merge {two['merge_s']} s) |"
+            f"| index build, {b['images'][1]} COCO-layout 640x480 JPEGs (`index build --coco`, thumbnails), "
+            f"1 / 2 processes (`--shard`, + merge) | {one['images_per_s']} / {two['images_per_s']} img/s "
+            f"(wall with start-up: {one['wall_s']} / {two['wall_s']} s) |"
         )
         lines.append(
-            f"| index size on disk per 1k images (COCO index / without thumbnails and records) | "
-            f"{size['coco_index'] / 2**20:.1f} / {size['without_thumbnails_and_records'] / 2**20:.1f} MB |"
+            f"| index size on disk per 1k images (COCO index / without thumbnails and records), + fixed | "
+            f"{size['coco_index'] / 2**20:.1f} / {size['without_thumbnails_and_records'] / 2**20:.1f} MB "
+            f"+ {b['fixed_bytes'] / 2**20:.1f} MB |"
         )
     q = result.get("query")
     if q:
