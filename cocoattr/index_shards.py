@@ -54,6 +54,13 @@ def shard_from_env(environ: Mapping[str, str] = os.environ) -> Shard | None:
         ) from None
 
 
+def rank_device(device: str, environ: Mapping[str, str] = os.environ) -> str:
+    """A torchrun rank's GPU: plain 'cuda' becomes cuda:LOCAL_RANK (one GPU per process, as in
+    training); any other device is kept."""
+    local = environ.get("LOCAL_RANK", "").strip()
+    return f"cuda:{local}" if device == "cuda" and local.isdigit() else device
+
+
 def shard_of(rel: str, n: int) -> int:
     """The shard an image (its path relative to the indexed root) belongs to."""
     return int.from_bytes(hashlib.sha1(rel.encode("utf-8")).digest()[:8], "big") % n

@@ -16,7 +16,7 @@ from test_index import FakePredictor, folder  # noqa: F401 - the stand-in predic
 
 from cocoattr.cli import main
 from cocoattr.index import Index, build_index
-from cocoattr.index_shards import merge_parts, part_path, selector, shard_from_env, shard_of
+from cocoattr.index_shards import merge_parts, part_path, rank_device, selector, shard_from_env, shard_of
 
 
 def assert_same_index(a: Index, b: Index, exact: bool = True) -> None:
@@ -116,6 +116,11 @@ def test_bad_torchrun_environment_is_one_line(tmp_path, folder, capsys, monkeypa
 def test_shard_from_env_reads_torchrun_like_training_does():
     assert shard_from_env({}) is None and shard_from_env({"RANK": "0", "WORLD_SIZE": "1"}) is None
     assert shard_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (3, 4)
+    assert rank_device("cuda", {"LOCAL_RANK": "1"}) == "cuda:1"  # one GPU per rank
+    assert (
+        rank_device("cuda:0", {"LOCAL_RANK": "1"}) == "cuda:0"
+        and rank_device("cpu", {"LOCAL_RANK": "1"}) == "cpu"
+    )
 
 
 @pytest.fixture

@@ -17,13 +17,21 @@ def cmd_index(args: argparse.Namespace) -> int:
     With `--shard I/N` (or under torchrun: RANK/WORLD_SIZE) this process builds one shard into
     OUT.shard-I-of-N.npz; `index merge` joins the parts."""
     from cocoattr.index import build_index, save_every_from_env  # numpy + the gallery: ~250 ms
-    from cocoattr.index_shards import parse_shard, part_path, parts_pattern, selector, shard_from_env
+    from cocoattr.index_shards import (
+        parse_shard,
+        part_path,
+        parts_pattern,
+        rank_device,
+        selector,
+        shard_from_env,
+    )
 
     if (args.images is None) == (args.coco is None):
         raise UserError(
             "index build: give --images FOLDER or --coco ROOT (with --split), not both or neither"
         )
     shard = parse_shard(args.shard) if args.shard is not None else shard_from_env()
+    device = args.device if args.shard is not None or shard is None else rank_device(args.device)
     final = writable_file(args.out)
     out = final if shard is None else part_path(final, shard)
     select = None if shard is None else selector(shard)
@@ -33,12 +41,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         report, missing = build_coco_index(args.coco, args.split, out, checkpoint=args.checkpoint,
                                            batch_size=args.batch_size, save_every=save_every_from_env(),
-                                           device=args.device, select=select, extra_info=extra)  # fmt: skip
+                                           device=device, select=select, extra_info=extra)  # fmt: skip
         if missing:
             notice(f"{missing} images of {args.split} listed in the annotations are not on disk; left out")
     else:
         report = build_index(args.images, out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                             save_every=save_every_from_env(), device=args.device, select=select,
+                             save_every=save_every_from_env(), device=device, select=select,
                              info=extra or None)  # fmt: skip
     if report.full_rebuild and report.reason != "new index":
         notice(f"full rebuild: {report.reason}")
