@@ -1,14 +1,14 @@
 """Index figures for the README (#13): build img/s with 1 and 2 processes, size on disk per 1k
 images, query ms at 5k / 118k (COCO train2017) / 1M simulated images, numpy vs FAISS, memory.
 
-    .venv/bin/python bench/index_scale.py [--images 192] [--sizes 5000,118287,1000000] [--skip build]
+    .venv/bin/python bench/index_scale.py [--images 128] [--sizes 5000,118287,1000000] [--skip build]
 
 Build: N real photos (the bundled gallery's, cropped and resized to 640x480, COCO's usual size,
 re-encoded as JPEG q90) in the real COCO layout (captions + instances JSON), indexed through the
 CLI exactly as a user runs it (`index build --coco`, with thumbnails and records): once in one
 process, then as two processes at once (`--shard 0/2` and `--shard 1/2`) + `index merge`.
-img/s is from two sizes (N and N/4), so each process's fixed costs (imports, model load, ONNX
-export, scan, save) cancel; wall times with start-up are given too.
+img/s is each process's indexing loop as its progress bar times it (start-up excluded; the
+one-off ONNX export in the first batch included); wall times with start-up are given too.
 Query: `bench/run.py`'s search section (random probabilities stored as the index stores them,
 unit embeddings), at each size. Writes bench/index_scale.json and prints the README rows.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -76,54 +77,53 @@ def _env() -> dict:
     return os.environ | {"HF_HUB_OFFLINE": "1"}
 
 
-def _run_all(cmds: list[list[str]]) -> float:
-    """Wall seconds until every command (started together) has finished; each must succeed."""
+BAR = re.compile(r"indexing: 100%.*?\| *(\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
+
+
+def _bar_seconds(stderr: str) -> float:
+    """The indexing loop's own time, as the build's progress bar (tqdm) last reports it."""
+    found = BAR.findall(stderr.replace("\r", "\n"))
+    if not found:
+        raise RuntimeError(f"no finished progress bar in: {stderr[-1000:]}")
+    _, _, h, m, sec = found[-1]
+    return int(h or 0) * 3600 + int(m) * 60 + int(sec)
+
+
+def _run_all(cmds: list[list[str]]) -> tuple[float, list[float]]:
+    """(wall seconds until every command, started together, has finished; each one's indexing
+    seconds from its progress bar). Each must succeed."""
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(c, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for c in cmds
     ]
+    loops = []
     for p in procs:
         _, err = p.communicate(timeout=1800)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(p.args)} failed: {err.decode()[-2000:]}")
-    return time.perf_counter() - t0
-
-
-def _builds(root: Path, out: Path) -> tuple[float, float]:
-    """Wall seconds of a fresh build in one process, then as two shards at once (+ the merge)."""
-    from cocoattr.index_shards import part_path
-
-    one = _run_all([_cmd(root, out)])
-    two = _run_all([_cmd(root, out.with_name("two.npz"), "--shard", f"{i}/2") for i in range(2)])
-    parts = [str(part_path(out.with_name("two.npz"), (i, 2))) for i in range(2)]
-    t0 = time.perf_counter()
-    merged = subprocess.run([PY, "-m", "cocoattr", "index", "merge", *parts, "--out", str(out.with_name("two.npz"))],
-                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert merged.returncode == 0, merged.stderr
-    return one, two + (time.perf_counter() - t0)
-
-
-def _rows_only(index: Index, n: int) -> Index:
-    """The first n rows of an index (n = 0: its fixed part, the metadata and text tensors)."""
-    index.paths, index.sizes, index.mtimes = index.paths[:n], index.sizes[:n], index.mtimes[:n]
-    index.probs, index.embeddings = index.probs[:n], index.embeddings[:n]
-    index.records = None if index.records is None else index.records[:n]
-    index.thumbnails = None if index.thumbnails is None else index.thumbnails[:n]
-    return index
+        loops.append(_bar_seconds(err.decode()))
+    return time.perf_counter() - t0, loops
 
 
 def bench_build(n: int) -> dict:
-    """img/s from the difference of two build sizes (n and n/4): every fixed cost (imports, model
-    load, the ONNX export and session, the scan, the final save) cancels out."""
-    small = max(1, n // 4)
+    """img/s of the indexing itself (each process's progress bar: from its first image to its
+    last, the one-off ONNX export in the first batch included), and wall time with start-up."""
+    from cocoattr.index_shards import part_path
+
     with tempfile.TemporaryDirectory(prefix="cocoattr-index-scale-") as tmp:
-        walls = {}
-        for m in (small, n):
-            folder = Path(tmp) / str(m)
-            walls[m] = _builds(write_coco(folder / "data", m), folder / "one.npz")
-            log(f"build {m} images: 1 process {walls[m][0]:.1f} s, 2 processes + merge {walls[m][1]:.1f} s")
-        one, two = Path(tmp) / str(n) / "one.npz", Path(tmp) / str(n) / "two.npz"
+        root = write_coco(Path(tmp) / "data", n)
+        one, two = Path(tmp) / "one.npz", Path(tmp) / "two.npz"
+        wall1, (loop1,) = _run_all([_cmd(root, one)])
+        log(f"build {n} images, 1 process: wall {wall1:.1f} s, indexing {loop1} s")
+        wall2, loops2 = _run_all([_cmd(root, two, "--shard", f"{i}/2") for i in range(2)])
+        parts = [str(part_path(two, (i, 2))) for i in range(2)]
+        t0 = time.perf_counter()
+        merged = subprocess.run([PY, "-m", "cocoattr", "index", "merge", *parts, "--out", str(two)], cwd=REPO,
+                                env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+        merge_s = time.perf_counter() - t0
+        assert merged.returncode == 0, merged.stderr
+        log(f"build {n} images, 2 processes: wall {wall2:.1f} s, indexing {loops2} s, merge {merge_s:.1f} s")
         a, b = Index.load(one), Index.load(two)
         assert a.paths == b.paths and a.records == b.records and len(a) == n
         max_diff = float(np.abs(a.probs.astype(np.float32) - b.probs.astype(np.float32)).max())
@@ -134,13 +134,11 @@ def bench_build(n: int) -> dict:
         plain.records = plain.thumbnails = None
         plain.save(bare)
         thumbs = a.thumbnails or []
-        per_image = lambda i: round(walls[n][i] - walls[small][i], 2)  # noqa: E731
         return {
-            "images": [small, n], "image_size": list(SIZE), "wall_s": {str(m): w for m, w in walls.items()},
-            "one_process": {"images_per_s": round((n - small) / per_image(0), 2),
-                            "wall_s": round(walls[n][0], 2), "images_per_s_wall": round(n / walls[n][0], 2)},
-            "two_processes": {"images_per_s": round((n - small) / per_image(1), 2),
-                              "wall_s": round(walls[n][1], 2), "images_per_s_wall": round(n / walls[n][1], 2)},
+            "images": n, "image_size": list(SIZE),
+            "one_process": {"images_per_s": round(n / loop1, 2), "indexing_s": loop1, "wall_s": round(wall1, 2)},
+            "two_processes": {"images_per_s": round(n / max(loops2), 2), "indexing_s": loops2,
+                              "wall_s": round(wall2, 2), "merge_s": round(merge_s, 2)},
             "merged_equals_single": {"paths_and_records": True, "max_abs_prob_diff": max_diff},
             "fixed_bytes": fixed.stat().st_size,
             "bytes_per_1k_images": {
@@ -148,6 +146,15 @@ def bench_build(n: int) -> dict:
                 "without_thumbnails_and_records": round((bare.stat().st_size - fixed.stat().st_size) / n * 1000),
                 "thumbnails_alone": round(sum(map(len, thumbs)) / n * 1000)},
         }  # fmt: skip
+
+
+def _rows_only(index: Index, n: int) -> Index:
+    """The first n rows of an index (n = 0: its fixed part, the metadata and text tensors)."""
+    index.paths, index.sizes, index.mtimes = index.paths[:n], index.sizes[:n], index.mtimes[:n]
+    index.probs, index.embeddings = index.probs[:n], index.embeddings[:n]
+    index.records = None if index.records is None else index.records[:n]
+    index.thumbnails = None if index.thumbnails is None else index.thumbnails[:n]
+    return index
 
 
 def bench_query(sizes: list[int]) -> dict:
@@ -180,8 +187,8 @@ def rows(result: dict) -> list[str]:
         one, two, size = b["one_process"], b["two_processes"], b["bytes_per_1k_images"]
         lines.append(
             f"| index build, {b['images'][1]} COCO-layout 640x480 JPEGs (`index build --coco`, thumbnails), "
-            f"1 / 2 processes (`--shard`, + merge) | {one['images_per_s']} / {two['images_per_s']} img/s "
-            f"(wall with start-up: {one['wall_s']} / {two['wall_s']} s) |"
+            f"1 / 2 processes (`--shard`) | {one['images_per_s']} / {two['images_per_s']} img/s "
+            f"(wall with start-up: {one['wall_s']} / {two['wall_s']} s; merge {two['merge_s']} s) |"
         )
         lines.append(
             f"| index size on disk per 1k images (COCO index / without thumbnails and records), + fixed | "
@@ -212,24 +219,32 @@ def rows(result: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=192, help="photos to index (default 192)")
+    parser.add_argument("--images", type=int, default=128, help="photos to index (default 128)")
     parser.add_argument("--sizes", default="5000,118287,1000000", help="simulated index sizes to query")
     parser.add_argument("--skip", default="", help="comma list: build, query")
     parser.add_argument("--out", default=str(REPO / "bench" / "index_scale.json"))
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if out.is_file() else {}  # sections not re-run are kept
     result: dict = {"machine": machine(), "load_at_start": list(os.getloadavg())}
     t0 = time.perf_counter()
     if "build" not in skip:
         result["build"] = bench_build(args.images)
+        result["build"]["load_during"] = list(os.getloadavg())
         log(f"build: {result['build']}")
+    elif "build" in old:
+        result["build"] = old["build"]
     if "query" not in skip:
         result["query"] = bench_query([int(s) for s in args.sizes.split(",")])
+        result["query_load_after"] = list(os.getloadavg())
+    elif "query" in old:
+        result["query"], result["query_load_after"] = old["query"], old.get("query_load_after")
     result["load_at_end"] = list(os.getloadavg())
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["peak_rss_mb"] = peak_rss_mb()
     result["readme_rows"] = rows(result)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(result["readme_rows"]))
     return 0
 
