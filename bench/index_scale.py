@@ -186,7 +186,7 @@ def rows(result: dict) -> list[str]:
     if b:
         one, two, size = b["one_process"], b["two_processes"], b["bytes_per_1k_images"]
         lines.append(
-            f"| index build, {b['images'][1]} COCO-layout 640x480 JPEGs (`index build --coco`, thumbnails), "
+            f"| index build, {b['images']} COCO-layout 640x480 JPEGs (`index build --coco`, thumbnails), "
             f"1 / 2 processes (`--shard`) | {one['images_per_s']} / {two['images_per_s']} img/s "
             f"(wall with start-up: {one['wall_s']} / {two['wall_s']} s; merge {two['merge_s']} s) |"
         )
