@@ -146,7 +146,6 @@ def coco_category_retrieval(probs: np.ndarray, attributes: list[str], categories
     n = probs.shape[0]
     if len(categories) != n:
         raise ValueError(f"{len(categories)} category lists for {n} images")
-    top = min(k, n)
     named = [c for c in COCO80 if c in attributes]
     rows = []
     for c in named:
@@ -154,7 +153,7 @@ def coco_category_retrieval(probs: np.ndarray, attributes: list[str], categories
         relevant = np.array([c in cats for cats in categories], bool)
         if not relevant.any():
             continue  # no image of this category in the split: nothing to retrieve
-        order = np.argsort(-scores, kind="stable")[:top]
+        order = np.argsort(-scores, kind="stable")[:k]  # all of them when fewer than k
         labels = np.where(relevant, metrics.POSITIVE, metrics.NEGATIVE)
         rows.append({"category": c, "relevant": int(relevant.sum()),
                      f"precision_at_{k}": float(relevant[order].mean()),
