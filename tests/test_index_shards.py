@@ -6,13 +6,17 @@ or parts of different builds are refused with one line."""
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_coco_index import PHOTOS, coco  # noqa: F401 - the COCO fixture built with the real default
 from test_index import FakePredictor, folder  # noqa: F401 - the stand-in predictor and its folder
+from test_reliability_crash import ROOT, SAVE_EVERY, _build_cmd, _entries, _env, _kill, clean_index, photos  # noqa: F401
 
 from cocoattr.cli import main
 from cocoattr.index import Index, build_index
@@ -191,3 +195,34 @@ def test_cli_shards_of_a_coco_split_merge_to_the_single_build(
     merged = Index.load(out)
     assert [r["coco_id"] for r in merged.records] == sorted(PHOTOS)
     assert_same_index(merged, Index.load(single), exact=False)  # bit-equal here; batches differ
+
+
+@pytest.mark.slow
+def test_sigkilled_shard_resumes_to_its_rows_of_the_single_build(photos, clean_index, tmp_path):  # noqa: F811
+    """A real `index build --shard 0/2` process SIGKILLed after a partial save, then run again."""
+    out = tmp_path / "i.npz"
+    part = part_path(out, (0, 2))
+    cmd = [*_build_cmd(photos, out), "--shard", "0/2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(COCOATTR_INDEX_SAVE_EVERY=str(SAVE_EVERY)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and _entries(part) < SAVE_EVERY and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        _kill(proc)
+    assert proc.returncode == -signal.SIGKILL, "the shard finished before it could be killed"
+    partial = Index.load(part)
+    mine = [p for p in clean_index.paths if shard_of(p, 2) == 0]
+    assert not partial.complete and SAVE_EVERY <= len(partial) < len(mine)
+    rerun = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(mine) - len(partial)} computed, {len(partial)} unchanged" in rerun.stderr, rerun.stderr
+    final = Index.load(part)
+    rows = [clean_index.paths.index(p) for p in mine]
+    assert final.complete and final.paths == mine and final.info == {"shard": [0, 2]}
+    np.testing.assert_array_equal(final.mtimes, clean_index.mtimes[rows])
+    np.testing.assert_allclose(
+        final.probs.astype(np.float32), clean_index.probs[rows].astype(np.float32), atol=2e-3
+    )
+    np.testing.assert_allclose(final.embeddings, clean_index.embeddings[rows], atol=1e-4)
