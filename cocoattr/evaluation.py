@@ -8,19 +8,32 @@ must beat it clearly; a trained checkpoint must beat the zero-shot default.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cocoattr import metrics
-from cocoattr.data.gallery import load_gallery
+from cocoattr.data.coco import coco_paths, image_records, load_coco
+from cocoattr.data.gallery import gallery_root, load_gallery
 from cocoattr.errors import UserError
+from cocoattr.faithfulness import (
+    HeatmapTarget,
+    RegionScore,
+    box_mask,
+    category_attributes,
+    instance_mask,
+    read_boxes,
+    score_region,
+    summarise,
+)
 from cocoattr.features import FeatureGrid
 from cocoattr.images import load_image
 from cocoattr.model import AttributeModel
 from cocoattr.predictor import Predictor
-from cocoattr.vocab import load_vocabulary
+from cocoattr.vocab import Vocabulary, load_vocabulary
 from cocoattr.zeroshot import class_attribute_matrix
 
 SUMMARY_KEYS = ("mAP", "mean_per_image_auc", "precision_at_5", "precision_at_5_non_colour", "colours_in_top_5",
@@ -127,6 +140,139 @@ def gallery_metrics(model: AttributeModel) -> dict[str, float]:
     keys = ("mAP", "mean_per_image_auc", "precision_at_5", "precision_at_5_non_colour", "micro_f1", "macro_f1",
             "n_attributes_scored")  # fmt: skip
     return {f"gallery_{k}": result[k] for k in keys} | {"gallery_images": len(paths)}
+
+
+# ------------------------------------------------------------------ heatmap faithfulness (#16)
+# Where the model's attribute maps point against where the attribute is: the arithmetic is in
+# `cocoattr.faithfulness`; these read the regions (COCO instances, the gallery's hand-drawn
+# boxes) and run the checkpoint. Any other region source (COCONut's panoptic segments) only has
+# to yield `HeatmapTarget`s.
+
+GALLERY_BOXES = "boxes.json"
+
+
+def coco_heatmap_targets(root: str | os.PathLike, split: str, vocab: Vocabulary, limit: int | None = None
+                         ) -> tuple[list[HeatmapTarget], dict[str, int]]:  # fmt: skip
+    """One target per image of COCO `split` on disk with at least one instance whose category is
+    a vocabulary attribute (`faithfulness.category_attributes`); masks from the polygons (or RLE,
+    or the box when there is no segmentation). Also returns how many images were left out: not
+    on disk, or stored with an EXIF rotation (COCO's annotations are in the stored pixels' frame,
+    the model sees the photo upright, so their masks would not line up)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--coco {root}: no such folder (the --root given to `cocoattr data download`)")
+    instances, image_dir = coco_paths(root, "instances", split)
+    if not instances.is_file() or not image_dir.is_dir():
+        what = instances if not instances.is_file() else f"the image folder {image_dir}"
+        images = {"val2017": "val", "train2017": "train"}.get(split, split)
+        raise UserError(f"--coco {root}: not a COCO root for {split} (no {what}); for COCO itself run "
+                        f"`cocoattr data download coco-instances coco-images-{images} --root {root}`")  # fmt: skip
+    coco = load_coco(instances, "instances")
+    records, skipped = image_records(coco, image_dir, source=str(instances))
+    to_attrs = category_attributes(vocab)
+    targets, rotated = [], 0
+    for rec in records:
+        anns = [a for a in coco.imgToAnns.get(rec.id, []) if not a.get("iscrowd", 0)]
+        img = coco.imgs[rec.id]
+        size = (int(img.get("width") or 0), int(img.get("height") or 0))
+        by_attr: dict[str, list[dict]] = {}
+        for ann in anns:
+            for attr in to_attrs.get(coco.cats.get(ann["category_id"], {}).get("name", ""), []):
+                by_attr.setdefault(attr, []).append(ann)
+        if not by_attr or min(size) <= 0:
+            continue
+        if _exif_rotated(rec.path):
+            rotated += 1
+            continue
+        targets.append(HeatmapTarget(rec.path, size, partial(_union_of_instances, by_attr, size)))
+        if limit is not None and len(targets) >= limit:
+            break
+    return targets, {"images_not_on_disk": skipped.count, "images_exif_rotated": rotated}
+
+
+def _exif_rotated(path: Path) -> bool:
+    """Whether a photo's EXIF orientation turns or mirrors it (reads the header only)."""
+    try:
+        with Image.open(path) as im:
+            return im.getexif().get(0x0112, 1) not in (0, 1)
+    except (OSError, ValueError, SyntaxError):
+        return False  # a broken file is reported when the model reads it
+
+
+def _union_of_instances(by_attr: dict[str, list[dict]], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    out = {}
+    for attr, anns in by_attr.items():
+        mask = np.zeros((size[1], size[0]), dtype=bool)
+        for ann in anns:
+            mask |= instance_mask(ann, size)
+        out[attr] = mask
+    return out
+
+
+def gallery_heatmap_targets(vocab: Vocabulary, data: str = "gallery") -> list[HeatmapTarget]:
+    """The hand-drawn boxes of the bundled gallery (`gallery/boxes.json`) or of a folder in the
+    gallery layout with its own boxes.json, one target per boxed photo."""
+    root = gallery_root() if data == "gallery" else Path(data)
+    paths = {p.name: p for p in load_gallery(root).paths}
+    sizes = {name: load_image(p).size for name, p in paths.items()}
+    boxes = read_boxes(root / GALLERY_BOXES, vocab, sizes)
+    return [
+        HeatmapTarget(paths[name], sizes[name], partial(_boxes_as_masks, attrs, sizes[name]))
+        for name, attrs in sorted(boxes.items())
+    ]
+
+
+def _boxes_as_masks(boxes: dict[str, list], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    return {attr: box_mask(b, size) for attr, b in boxes.items()}
+
+
+def score_heatmaps(predictor: Predictor, targets: list[HeatmapTarget]) -> tuple[list[RegionScore], dict]:
+    """Every target's regions scored against the checkpoint's maps; also what was left out
+    (images that failed to decode, attributes the checkpoint does not have)."""
+    names, types = predictor.attributes, predictor.attribute_types
+    index = {n: i for i, n in enumerate(names)}
+    by_path = {str(t.path): t for t in targets}
+    scores, failed, unknown = [], [], set()
+    for path, pred in predictor.predict_files([t.path for t in targets]):
+        if isinstance(pred, UserError):
+            failed.append(str(pred))
+            continue
+        target = by_path[path]
+        for attr, mask in target.regions().items():
+            if attr not in index:
+                unknown.add(attr)
+                continue
+            if mask.any():
+                i = index[attr]
+                scores.append(score_region(pred.maps[i], mask, image=target.path.name, attribute=attr,
+                                           type_=types[i]))  # fmt: skip
+    return scores, {"failed_images": failed, "attributes_not_in_checkpoint": sorted(unknown)}
+
+
+def evaluate_heatmaps(checkpoint: str | os.PathLike | None, coco: str | os.PathLike | None = None,
+                      split: str = "val2017", limit: int | None = None, device: str = "cpu",
+                      data: str = "gallery") -> dict:  # fmt: skip
+    """Heatmap faithfulness of a checkpoint on a COCO root's instances, or (coco=None) on the
+    hand-drawn boxes of `data` (the gallery or a folder in its layout): `faithfulness.summarise`
+    plus where it came from."""
+    vocab = load_vocabulary()  # the regions are read (and checked) before the model loads
+    if coco is not None:
+        targets, left_out = coco_heatmap_targets(coco, split, vocab, limit)
+        source = {"data": str(coco), "split": split, **left_out}
+    else:
+        targets = gallery_heatmap_targets(vocab, data)[:limit]
+        source = {"data": f"{data} ({GALLERY_BOXES}, boxes drawn by hand)"}
+    if not targets:
+        raise UserError(f"{source['data']}: no image has a region for a vocabulary attribute")
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    scores, left_out = score_heatmaps(predictor, targets)
+    return {
+        "checkpoint": str(getattr(predictor.model, "source", checkpoint)),
+        "kind": predictor.model.kind,
+        **source,
+        **summarise(scores),
+        **left_out,
+    }
 
 
 # ----------------------------------------------------------------------------- COCO ground truth

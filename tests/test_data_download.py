@@ -142,6 +142,9 @@ def test_registry_lists_the_resources_with_known_sizes():
         "coco-images-val2014",
         "coco-images-train2014",
         "coco-attributes",
+        "coconut-val",  # Hub datasets: tests/test_data_coconut.py
+        "coconut-s",
+        "coconut-b",
     }
     assert (
         resources.RESOURCES["coco-images-val2014"].files[0].url()

@@ -38,11 +38,28 @@ def cmd_data_mine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_coconut_coverage(args: argparse.Namespace) -> int:
+    from cocoattr.atomic import atomic_write_text
+    from cocoattr.data.coconut import coverage
+
+    table = coverage()
+    if args.out:
+        out = writable_file(args.out)
+        try:
+            atomic_write_text(out, table)
+        except OSError as e:
+            raise UserError(f"{out}: cannot write the table ({e.strerror or e})") from None
+        print(f"wrote {out}")
+    else:
+        print(table, end="")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """`data download` and `data mine`."""
+    """`data download`, `data mine` and `data coconut-coverage`."""
     p = sub.add_parser("data", help="datasets: download, mine weak labels")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    d = dsub.add_parser("download", help="download COCO / COCO Attributes files")
+    d = dsub.add_parser("download", help="download COCO / COCO Attributes / COCONut files")
     from cocoattr.data.resources import RESOURCES  # stdlib only: --help stays quick
 
     d.add_argument("names", nargs="+", metavar="NAME", help="one or more of: " + ", ".join(RESOURCES))
@@ -57,3 +74,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--min-votes", type=int, default=1, help="captions that must mention an attribute (default 1)"
     )
     m.set_defaults(func=cmd_data_mine)
+    c = dsub.add_parser("coconut-coverage", help="which COCO panoptic categories give which attributes")
+    c.add_argument(
+        "--out", default=None, type=Path, help="write the markdown table here instead of printing it"
+    )
+    c.set_defaults(func=cmd_data_coconut_coverage)

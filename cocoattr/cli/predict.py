@@ -9,8 +9,6 @@ import sys
 from cocoattr.cli.arguments import add_checkpoint, add_device, probability, writable_file
 from cocoattr.errors import UserError, notice
 
-GALLERY_SPLITS = ("all", "train", "val", "test")
-
 
 def _with_objects(predictor, paths: list[str], min_score: float):
     """(path, prediction with objects or the error that skipped it), one image at a time."""
@@ -70,29 +68,69 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+GALLERY_SPLITS = ("all", "train", "val", "test")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {text})")
+    return value
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cocoattr.atomic import atomic_write_json
 
     out = writable_file(args.out) if args.out else None
-    if args.coco is not None:
-        result, table = _evaluate_coco(args)
+    if args.heatmaps:
+        result = _evaluate_heatmaps(args)
+    elif args.coco is not None:
+        result = _evaluate_coco(args)
     else:
         from cocoattr.evaluation import evaluate_checkpoint, format_table
 
+        if args.json or args.limit is not None:
+            raise UserError("--json and --limit go with --heatmaps")
+        if args.index is not None:
+            raise UserError("--index goes with --coco ROOT (the split's index)")
         split = args.split or "all"
         if split not in GALLERY_SPLITS:
             raise UserError(
                 f"--split {split!r}: expected one of {', '.join(GALLERY_SPLITS)} (or give --coco ROOT)"
             )
         result = evaluate_checkpoint(args.checkpoint, args.data, split, args.baseline, device=args.device)
-        table = format_table(result)
-    print(table)
+        print(format_table(result))
     if out is not None:
         atomic_write_json(out, result)
     return 0
 
 
-def _evaluate_coco(args: argparse.Namespace) -> tuple[dict, str]:
+def _evaluate_heatmaps(args: argparse.Namespace) -> dict:
+    """`evaluate --heatmaps`: where the maps point, on a COCO root's instances or the gallery's boxes."""
+    from cocoattr.evaluation import evaluate_heatmaps
+    from cocoattr.faithfulness import format_summary
+
+    if args.baseline:
+        raise UserError("--baseline does not apply to --heatmaps (the centre Gaussian is its baseline)")
+    if args.coco is not None and args.data != "gallery":
+        raise UserError("--heatmaps reads the boxes of --data or the masks of --coco ROOT, not both")
+    if args.coco is None and args.split is not None:
+        raise UserError("--split goes with --coco ROOT for --heatmaps (the gallery's boxes are scored whole)")
+    result = evaluate_heatmaps(args.checkpoint, args.coco, args.split or "val2017", args.limit,
+                               device=args.device, data=args.data)  # fmt: skip
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_summary(result))
+    return result
+
+
+def _evaluate_coco(args: argparse.Namespace) -> dict:
     """`evaluate --coco ROOT --split val2017`: build (or update) the split's index, then score the
     category attributes against the instance annotations."""
     from cocoattr.coco_index import build_coco_index, split_files
@@ -101,6 +139,8 @@ def _evaluate_coco(args: argparse.Namespace) -> tuple[dict, str]:
 
     if args.baseline:
         raise UserError("--baseline: only for the hand-labelled gallery, not with --coco")
+    if args.json or args.limit is not None:
+        raise UserError("--json and --limit go with --heatmaps (use --out FILE for the metrics as JSON)")
     split = args.split or "val2017"
     _, _, image_dir = split_files(args.coco, split)
     path = writable_file(args.index) if args.index else default_index_path(image_set(image_dir))
@@ -111,7 +151,8 @@ def _evaluate_coco(args: argparse.Namespace) -> tuple[dict, str]:
     result = coco_category_retrieval(index.probs, index.attributes, [r["categories"] for r in index.records])
     result = {"checkpoint": index.checkpoint.get("source"), "checkpoint_sha256": index.checkpoint.get("sha256"),
               "data": "coco", "split": split, "index": str(path), **result}  # fmt: skip
-    return result, format_coco_table(result)
+    print(format_coco_table(result))
+    return result
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -129,16 +170,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set; with --coco, "
-                       "precision@10 / mAP of the COCO category attributes against the instance annotations")  # fmt: skip
+    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set; --coco: "
+                       "precision@10 / mAP of the COCO category attributes against the instance annotations; "
+                       "--heatmaps: whether the attribute maps point where the attribute is")  # fmt: skip
     add_checkpoint(p)
-    p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout")
-    p.add_argument("--coco", default=None, help="COCO root (the --root of `data download`): score retrieval "
-                   "of the category attributes on a split, against its instance annotations")  # fmt: skip
-    p.add_argument("--split", default=None, help="gallery: all (default), train, val, test; "
-                   "with --coco: val2017 (default), train2017, val2014, train2014")  # fmt: skip
+    p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout "
+                   "(with --heatmaps: and a boxes.json)")  # fmt: skip
+    p.add_argument("--split", default=None,
+                   help="all (default), train, val or test of --data; with --coco: val2017 (default), train2017, "
+                   "val2014, train2014")  # fmt: skip
+    p.add_argument("--heatmaps", action="store_true",
+                   help="heatmap faithfulness: mass in mask and pointing game vs a centre Gaussian, on the "
+                   "hand-drawn boxes of --data (gallery/boxes.json) or, with --coco, a COCO root's instance masks")  # fmt: skip
+    p.add_argument("--coco", default=None, metavar="ROOT",
+                   help="a COCO root (the --root of `data download`): retrieval of the category attributes on "
+                   "--split against its instance annotations (with --heatmaps: its instance masks)")  # fmt: skip
     p.add_argument("--index", default=None, help="with --coco: the split's index file, built or updated "
                    "first (default: one under checkpoints/ per split folder)")  # fmt: skip
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="with --heatmaps: score the first N images"
+    )
+    p.add_argument("--json", action="store_true", help="with --heatmaps: print the summary as JSON")
     p.add_argument(
         "--baseline", action="store_true", help="also score the class-posterior-averaging baseline"
     )

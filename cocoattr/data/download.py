@@ -15,7 +15,8 @@ error names the URL and what was wrong. Zips are extracted defensively (no absol
 
 Layout under `root`: `downloads/` holds the archives, `coco/` the extracted COCO tree
 (`coco/annotations/captions_train2017.json`, `coco/val2017/000000000139.jpg`, ...),
-`cocottributes/` the COCO Attributes pickle.
+`cocottributes/` the COCO Attributes pickle, `coconut/NAME/data/*.parquet` the COCONut Hub datasets
+(fetched through huggingface_hub: `fetch_hub_dataset`).
 
 A mirror (or a test server) is used by passing `base_url` / `--base-url` or setting
 `COCOATTR_DATA_BASE_URL`: it replaces the scheme+host+path prefix of every resource, so the
@@ -26,6 +27,7 @@ mirror must serve the same relative paths (`annotations/annotations_trainval2017
 from __future__ import annotations
 
 import http.client
+import importlib
 import os
 import re
 import sys
@@ -38,7 +40,7 @@ from pathlib import Path
 
 from cocoattr.atomic import atomic_write_text
 from cocoattr.data import verify
-from cocoattr.data.resources import RESOURCES, Resource
+from cocoattr.data.resources import RESOURCES, HubDataset, Resource
 from cocoattr.data.verify import safe_extract
 from cocoattr.errors import UserError
 
@@ -99,6 +101,8 @@ def download(name: str, root: Path, base_url: str | None = None, *, retries: int
     base = resolve_base_url(base_url)
     download_timeout()  # a bad COCOATTR_DOWNLOAD_TIMEOUT fails before any network work
     _check_root(root)
+    if resource.hub is not None:
+        return fetch_hub_dataset(resource.hub, root / resource.provides[0])
     if resource.extract_to is None:
         target_dir = root / Path(resource.provides[0]).parent
         for f in resource.files:
@@ -135,6 +139,56 @@ def download_all(names: Sequence[str], root: Path, base_url: str | None = None) 
         path = download(name, root, base)
         print(f"{name}: ready at {path}")
     return 0
+
+
+# --- Hub datasets --------------------------------------------------------------------------
+
+
+def fetch_hub_dataset(hub: HubDataset, dest: Path) -> Path:
+    """The files of `hub.repo` matching its patterns in `dest`, through huggingface_hub.
+
+    huggingface_hub resumes a cut transfer from `dest/.cache/huggingface/download/*.incomplete`
+    (within a run and on the next one), skips files already complete, and honours HF_ENDPOINT (a
+    mirror; `--base-url` is for the plain-HTTP resources) and HF_HUB_OFFLINE. Offline, or with
+    the Hub unreachable, a complete `dest` is used as it is; anything else is one line.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    where = f"Hub dataset {hub.repo!r}"
+    try:
+        snapshot_download(hub.repo, repo_type="dataset", local_dir=dest, allow_patterns=list(hub.patterns))
+    except RepositoryNotFoundError:
+        raise UserError(f"{where} not found (or private: set HF_TOKEN)") from None
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"{where} is not (completely) downloaded under {dest} and the Hub cannot be reached "
+            "(offline?); run the same command online to fetch or resume it"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError, *_http_client_errors()) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise UserError(
+            f"could not download {where} ({type(e).__name__}: {first}); run again to resume"
+        ) from None
+    parquet = [p for p in hub.patterns if p.endswith(".parquet")]
+    if parquet and not any(any(dest.glob(p)) for p in parquet):
+        raise UserError(
+            f"{where}: no {', '.join(parquet)} under {dest} (an interrupted download seen offline?); "
+            "run the same command online to resume it"
+        )
+    return dest
+
+
+def _http_client_errors() -> tuple[type[Exception], ...]:
+    """The connection errors huggingface_hub lets through once its own retries are spent: its
+    HTTP client's (httpx2 under huggingface_hub 2, httpx under 1)."""
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 # --- fetching -----------------------------------------------------------------------------

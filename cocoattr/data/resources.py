@@ -47,6 +47,16 @@ class Resource:
     files: tuple[RemoteFile, ...]
     extract_to: str | None
     provides: tuple[str, ...]  # paths (relative to root) a user will look for afterwards
+    hub: HubDataset | None = None  # fetched through huggingface_hub instead of `files`
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A Hugging Face dataset repo, fetched with huggingface_hub into root/`provides[0]` (resumed,
+    kept between runs, HF_ENDPOINT / HF_HUB_OFFLINE honoured); its sizes and hashes are the Hub's."""
+
+    repo: str
+    patterns: tuple[str, ...] = ("data/*.parquet", "README.md")
 
 
 # Where the numbers come from (none was computed here: this machine cannot reach the servers).
@@ -105,6 +115,14 @@ _COCOTTRIBUTES = RemoteFile(
 )
 
 _COCO_SPLITS = ("train2014", "val2014", "train2017", "val2017")
+# COCONut panoptic masks (cocoattr.data.coconut); sizes from the repos' file listings (2026-12).
+# The images are COCO's: coco-images-val for coconut-val, coco-images-train for coconut-s; coconut-b
+# also needs COCO's unlabeled2017 images, which no resource here fetches.
+_COCONUT = (
+    ("coconut-val", "xdeng77/relabeled_coco_val", "relabeled COCO val2017 masks, 5k images", "33 MB"),
+    ("coconut-s", "xdeng77/coconut_s", "COCONut-S masks, 118k train2017 images", "818 MB"),
+    ("coconut-b", "xdeng77/coconut_b", "COCONut-B masks, 242k train2017 + unlabeled2017 images", "1.6 GB"),
+)
 
 RESOURCES: dict[str, Resource] = {
     r.name: r
@@ -146,6 +164,17 @@ RESOURCES: dict[str, Resource] = {
             (_TRAIN_2014,),
             "coco",
             ("coco/train2014",),
+        ),
+        *(
+            Resource(
+                name,
+                f"COCONut {what} (Hub dataset {repo}, {size})",
+                (),
+                None,
+                (f"coconut/{repo.split('/')[1]}",),
+                HubDataset(repo),
+            )
+            for name, repo, what, size in _COCONUT
         ),
         Resource(
             "coco-attributes",

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cocoattr.data.gallery import GALLERY_SPLIT, GALLERY_SPLIT_SEED
 from cocoattr.errors import UserError
 
-Labels = Literal["hand", "captions"]
+Labels = Literal["hand", "captions", "coconut", "coconut+captions"]
+COCONUT_LABELS = ("coconut", "coconut+captions")  # dense panoptic labels, alone or filled in by captions
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
@@ -39,12 +40,13 @@ class DataConfig(BaseModel):
 
     model_config = _STRICT
 
-    source: Literal["gallery", "coco_captions", "coco_attributes"] = Field(
-        "gallery", description="one of gallery, coco_captions, coco_attributes"
+    source: Literal["gallery", "coco_captions", "coco_attributes", "coconut"] = Field(
+        "gallery", description="one of gallery, coco_captions, coco_attributes, coconut"
     )
     root: str | None = _text(None, "a folder name or null")  # gallery: None = the bundled one
-    train_labels: Labels = Field("captions", description="one of hand, captions")
-    eval_labels: Labels = Field("hand", description="one of hand, captions")  # labels scored on val/test
+    train_labels: Labels = Field("captions", description="one of hand, captions, coconut, coconut+captions")
+    # labels scored on val/test
+    eval_labels: Labels = Field("hand", description="one of hand, captions, coconut, coconut+captions")
     split: list[float] = Field(
         default_factory=lambda: list(GALLERY_SPLIT),
         description="three fractions (train, val, test), each >= 0, summing to 1",
@@ -65,6 +67,8 @@ class DataConfig(BaseModel):
         default_factory=lambda: {"train2014": "coco/train2014", "val2014": "coco/val2014"},
         description="a mapping of COCO split name to folder name",
     )
+    coconut: str = _text("coconut/relabeled_coco_val", "a folder name")  # a `data download coconut-*` folder
+    coconut_images: str = _text("coco", "a folder name")  # holds val2017/, train2017/, unlabeled2017/
     max_train: int = _count(0, ge=0)  # 0 = all; else the first N training samples (quick runs)
     max_eval: int = _count(0, ge=0)  # same for val and test
 
@@ -78,6 +82,14 @@ class DataConfig(BaseModel):
             raise ValueError("'data.train_labels'/'data.eval_labels': coco_captions has captions only")
         if self.source == "coco_attributes" and "captions" in both:
             raise ValueError("'data.train_labels'/'data.eval_labels': coco_attributes has hand labels only")
+        if self.source == "coconut" and any(x not in COCONUT_LABELS for x in both):
+            raise ValueError(
+                "'data.train_labels'/'data.eval_labels': coconut has coconut or coconut+captions labels"
+            )
+        if self.source != "coconut" and any(x in COCONUT_LABELS for x in both):
+            raise ValueError(
+                "'data.train_labels'/'data.eval_labels': coconut labels need 'data.source': coconut"
+            )
         return self
 
 

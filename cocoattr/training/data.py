@@ -55,17 +55,40 @@ def _coco_samples(data: DataConfig) -> list[Sample]:
     return samples
 
 
+def _coconut_samples(data: DataConfig) -> dict[str, list[Sample]]:
+    """{'coconut': dense labels, 'coconut+captions': the same filled in by mined captions (if asked)}."""
+    from cocoattr.data.captions import CaptionMiner
+    from cocoattr.data.coco import captions_by_image, load_coco
+    from cocoattr.data.coconut import coconut_samples
+
+    root = Path(data.root or ".").expanduser()
+    captions = None
+    if "coconut+captions" in (data.train_labels, data.eval_labels):
+        captions = captions_by_image(load_coco(root / data.captions_json, "captions"))
+    dense, merged, report = coconut_samples(
+        root / data.coconut, root / data.coconut_images, captions=captions,
+        miner=CaptionMiner(min_votes=data.min_votes),
+    )  # fmt: skip
+    print(f"cocoattr: {len(dense)} COCONut samples; {report.summary()}", file=sys.stderr)
+    return {"coconut": dense, "coconut+captions": merged or []}
+
+
+def _by_image_split(samples: list[Sample], data: DataConfig) -> dict[str, list[Sample]]:
+    return {s: [x for x in samples if split_of(x.image_id, data.split, data.split_seed) == s] for s in SPLITS}
+
+
 def load_splits(data: DataConfig) -> dict[str, list[Sample]]:
     """{'train': samples with train_labels, 'val'/'test': samples with eval_labels}."""
     if data.source == "gallery":
         both = _gallery_splits(data)
         out = {"train": both[data.train_labels]["train"]}
         out |= {s: both[data.eval_labels][s] for s in ("val", "test")}
+    elif data.source == "coconut":
+        by_labels = _coconut_samples(data)
+        out = {"train": _by_image_split(by_labels[data.train_labels], data)["train"]}
+        out |= {s: v for s, v in _by_image_split(by_labels[data.eval_labels], data).items() if s != "train"}
     else:
-        samples = _coco_samples(data)
-        out = {
-            s: [x for x in samples if split_of(x.image_id, data.split, data.split_seed) == s] for s in SPLITS
-        }
+        out = _by_image_split(_coco_samples(data), data)
     if data.max_train:
         out["train"] = out["train"][: data.max_train]
     if data.max_eval:
