@@ -209,6 +209,37 @@ def _union_of_instances(by_attr: dict[str, list[dict]], size: tuple[int, int]) -
     return out
 
 
+def coconut_heatmap_targets(folder: str | os.PathLike, images: str | os.PathLike, vocab: Vocabulary,
+                            limit: int | None = None) -> tuple[list[HeatmapTarget], dict[str, int]]:  # fmt: skip
+    """One target per row of a downloaded COCONut repo (`data download coconut-val`) whose photo
+    is under `images` (a COCO root: val2017/, train2017/): the regions are the panoptic segments'
+    pixels, things and stuff (sky, grass, water ...), as the mapping's `implies` names them. The
+    PNG stays encoded until its image is scored. EXIF-rotated photos are left out as for COCO."""
+    from cocoattr.data.coconut import coconut_masks, image_path, iter_rows, load_mapping, parse_row
+
+    folder, images = Path(folder).expanduser(), Path(images).expanduser()
+    if not images.is_dir():
+        raise UserError(f"--coco {images}: no such folder (the COCO root holding val2017/ for --coconut)")
+    mapping = load_mapping(vocab)
+    targets, missing, rotated = [], 0, 0
+    for row in iter_rows(folder):
+        try:
+            image = parse_row(row)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{folder}: a malformed COCONut row ({type(e).__name__}: {e})") from None
+        path = image_path(images, image, str(folder))
+        if not path.is_file():
+            missing += 1
+            continue
+        if _exif_rotated(path):
+            rotated += 1
+            continue
+        targets.append(HeatmapTarget(path, (image.width, image.height), partial(coconut_masks, row, mapping)))
+        if limit is not None and len(targets) >= limit:
+            break
+    return targets, {"images_not_on_disk": missing, "images_exif_rotated": rotated}
+
+
 def gallery_heatmap_targets(vocab: Vocabulary, data: str = "gallery") -> list[HeatmapTarget]:
     """The hand-drawn boxes of the bundled gallery (`gallery/boxes.json`) or of a folder in the
     gallery layout with its own boxes.json, one target per boxed photo."""
@@ -251,12 +282,16 @@ def score_heatmaps(predictor: Predictor, targets: list[HeatmapTarget]) -> tuple[
 
 def evaluate_heatmaps(checkpoint: str | os.PathLike | None, coco: str | os.PathLike | None = None,
                       split: str = "val2017", limit: int | None = None, device: str = "cpu",
-                      data: str = "gallery") -> dict:  # fmt: skip
-    """Heatmap faithfulness of a checkpoint on a COCO root's instances, or (coco=None) on the
+                      data: str = "gallery", coconut: str | os.PathLike | None = None) -> dict:  # fmt: skip
+    """Heatmap faithfulness of a checkpoint on a COCO root's instances, on COCONut's panoptic
+    segments (`coconut` = the downloaded repo, photos under `coco`), or (neither) on the
     hand-drawn boxes of `data` (the gallery or a folder in its layout): `faithfulness.summarise`
     plus where it came from."""
     vocab = load_vocabulary()  # the regions are read (and checked) before the model loads
-    if coco is not None:
+    if coconut is not None:
+        targets, left_out = coconut_heatmap_targets(coconut, coco, vocab, limit)
+        source = {"data": str(coconut), "images": str(coco), **left_out}
+    elif coco is not None:
         targets, left_out = coco_heatmap_targets(coco, split, vocab, limit)
         source = {"data": str(coco), "split": split, **left_out}
     else:

@@ -500,3 +500,44 @@ def test_a_mapping_naming_unknown_attributes_is_one_line(tmp_path, vocab) -> Non
     (tmp_path / "m.json").write_text("{}")
     with pytest.raises(UserError, match="not a COCONut category mapping"):
         load_mapping(vocab, tmp_path / "m.json")
+
+
+# ----------------------------------------------------------------------------- heatmaps on the masks
+
+
+def test_evaluate_heatmaps_on_coconut_segments(data_root, capsys, default_checkpoint) -> None:
+    """`evaluate --heatmaps --coconut FOLDER --coco ROOT`: every painted segment an attribute's
+    region (stuff included), the photo not on disk counted, the areas those of the painted boxes."""
+    from cocoattr.cli import main
+
+    folder = data_root / "coconut" / "relabeled_coco_val"
+    args = ["evaluate", "--heatmaps", "--coconut", str(folder), "--coco", str(data_root / "coco"), "--json",
+            "--checkpoint", str(default_checkpoint)]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images_not_on_disk"] == 1 and out["overall"]["images"] == 3 and out["failed_images"] == []
+    by = out["by_attribute"]
+    assert by["sky"]["area_fraction"] == pytest.approx(150 / 427, abs=1e-4)
+    assert by["cup"]["area_fraction"] == pytest.approx(200 * 160 / (600 * 400), abs=1e-4)
+    # the grass strip less the 10 x 10 person painted over it
+    assert by["grass"]["area_fraction"] == pytest.approx((127 * 640 - 100) / (427 * 640), abs=1e-4)
+    assert "boat" in by and "person" in by  # things, tiny ones too: a region is a region
+    assert {"scene", "category"} <= set(out["by_type"])
+    for m in by.values():
+        assert 0.0 <= m["mass_in_mask"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ([], "--coconut FOLDER takes its photos from --coco ROOT"),
+        (["--coco", "nowhere-at-all"], "--coco nowhere-at-all: no such folder"),
+    ],
+)
+def test_evaluate_heatmaps_coconut_mistakes_are_one_line(data_root, extra, fragment, capsys) -> None:
+    from cocoattr.cli import main
+
+    folder = data_root / "coconut" / "relabeled_coco_val"
+    assert main(["evaluate", "--heatmaps", "--coconut", str(folder), *extra]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err

@@ -93,8 +93,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         from cocoattr.evaluation import evaluate_checkpoint, format_table
 
-        if args.json or args.limit is not None:
-            raise UserError("--json and --limit go with --heatmaps")
+        if args.coconut or args.json or args.limit is not None:
+            raise UserError("--coconut, --json and --limit go with --heatmaps")
         if args.index is not None:
             raise UserError("--index goes with --coco ROOT (the split's index)")
         split = args.split or "all"
@@ -120,8 +120,12 @@ def _evaluate_heatmaps(args: argparse.Namespace) -> dict:
         raise UserError("--heatmaps reads the boxes of --data or the masks of --coco ROOT, not both")
     if args.coco is None and args.split is not None:
         raise UserError("--split goes with --coco ROOT for --heatmaps (the gallery's boxes are scored whole)")
+    if args.coconut is not None and (args.coco is None or args.split is not None):
+        raise UserError(
+            "--coconut FOLDER takes its photos from --coco ROOT (holding val2017/), with no --split"
+        )
     result = evaluate_heatmaps(args.checkpoint, args.coco, args.split or "val2017", args.limit,
-                               device=args.device, data=args.data)  # fmt: skip
+                               device=args.device, data=args.data, coconut=args.coconut)  # fmt: skip
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         print()
@@ -139,8 +143,10 @@ def _evaluate_coco(args: argparse.Namespace) -> dict:
 
     if args.baseline:
         raise UserError("--baseline: only for the hand-labelled gallery, not with --coco")
-    if args.json or args.limit is not None:
-        raise UserError("--json and --limit go with --heatmaps (use --out FILE for the metrics as JSON)")
+    if args.coconut or args.json or args.limit is not None:
+        raise UserError(
+            "--coconut, --json and --limit go with --heatmaps (use --out FILE for the metrics as JSON)"
+        )
     split = args.split or "val2017"
     _, _, image_dir = split_files(args.coco, split)
     path = writable_file(args.index) if args.index else default_index_path(image_set(image_dir))
@@ -182,6 +188,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmaps", action="store_true",
                    help="heatmap faithfulness: mass in mask and pointing game vs a centre Gaussian, on the "
                    "hand-drawn boxes of --data (gallery/boxes.json) or, with --coco, a COCO root's instance masks")  # fmt: skip
+    p.add_argument("--coconut", default=None, metavar="FOLDER",
+                   help="with --heatmaps and --coco ROOT: score against the panoptic segments of a downloaded "
+                   "COCONut repo (e.g. ROOT/coconut/relabeled_coco_val), photos from --coco")  # fmt: skip
     p.add_argument("--coco", default=None, metavar="ROOT",
                    help="a COCO root (the --root of `data download`): retrieval of the category attributes on "
                    "--split against its instance annotations (with --heatmaps: its instance masks)")  # fmt: skip
