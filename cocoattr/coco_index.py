@@ -91,14 +91,17 @@ def build_coco_index(
     progress: bool = True,
     on_error: Callable[[str, str], None] | None = None,
     device: str = "cpu",
+    select: Callable[[str], bool] | None = None,
+    extra_info: dict | None = None,
 ) -> tuple[BuildReport, int]:
     """Create or update the index at `out` over COCO `split` under `root`; returns the build
-    report and how many annotated images are not on disk (left out)."""
+    report and how many annotated images are not on disk (left out). `select` and `extra_info`:
+    one shard of the split (`cocoattr.index_shards`)."""
     captions_json, instances_json, image_dir = split_files(root, split)
     records, missing = coco_records(captions_json, instances_json, image_dir, split)
     info = {"kind": "coco", "split": split, "images": len(records),
-            "annotations": [captions_json.name, instances_json.name]}  # fmt: skip
+            "annotations": [captions_json.name, instances_json.name], **(extra_info or {})}  # fmt: skip
     report = build_index(image_dir, out, predictor, checkpoint=checkpoint, batch_size=batch_size,
                          save_every=save_every, progress=progress, on_error=on_error,
-                         records=records, thumbnails=True, info=info, device=device)  # fmt: skip
+                         records=records, thumbnails=True, info=info, device=device, select=select)  # fmt: skip
     return report, missing

@@ -308,3 +308,56 @@ def evaluate_heatmaps(checkpoint: str | os.PathLike | None, coco: str | os.PathL
         **summarise(scores),
         **left_out,
     }
+
+
+# ----------------------------------------------------------------------------- COCO ground truth
+
+COCO_K = 10
+
+
+def coco_category_retrieval(probs: np.ndarray, attributes: list[str], categories: list[list[str]],
+                            k: int = COCO_K) -> dict:  # fmt: skip
+    """Retrieval quality of each attribute that names a COCO-80 category, with no hand labels:
+    rank every image by the attribute's probability; the relevant images are those whose COCO
+    instance annotations contain the category. precision@k (k capped at the number of images)
+    and AP per category, their means over the categories with at least one relevant image."""
+    from cocoattr.detector import COCO80  # a tuple of names; the module is loaded by the predictor anyway
+
+    probs = np.asarray(probs, np.float32)
+    n = probs.shape[0]
+    if len(categories) != n:
+        raise ValueError(f"{len(categories)} category lists for {n} images")
+    named = [c for c in COCO80 if c in attributes]
+    rows = []
+    for c in named:
+        scores = probs[:, attributes.index(c)]
+        relevant = np.array([c in cats for cats in categories], bool)
+        if not relevant.any():
+            continue  # no image of this category in the split: nothing to retrieve
+        order = np.argsort(-scores, kind="stable")[:k]  # all of them when fewer than k
+        labels = np.where(relevant, metrics.POSITIVE, metrics.NEGATIVE)
+        rows.append({"category": c, "relevant": int(relevant.sum()),
+                     f"precision_at_{k}": float(relevant[order].mean()),
+                     "AP": metrics.average_precision(scores, labels)})  # fmt: skip
+    return {"n_images": n, "k": k, "categories_named_by_the_vocabulary": len(named),
+            "categories_scored": len(rows), f"precision_at_{k}": _mean(rows, f"precision_at_{k}"),
+            "mAP": _mean(rows, "AP"), "per_category": rows}  # fmt: skip
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows])) if rows else float("nan")
+
+
+def format_coco_table(result: dict) -> str:
+    """The `evaluate --coco` table: one row per scored category, then the means."""
+    k = result["k"]
+    lines = [
+        f"COCO {result['split']}: {result['n_images']} images, checkpoint {result['checkpoint']}; "
+        f"{result['categories_scored']} of the {result['categories_named_by_the_vocabulary']} COCO-80 "
+        "categories the vocabulary names have instances here",
+        f"{'category':<16} {'relevant':>8} {f'P@{k}':>7} {'AP':>7}",
+    ]
+    for r in result["per_category"]:
+        lines.append(f"{r['category']:<16} {r['relevant']:>8} {r[f'precision_at_{k}']:7.3f} {r['AP']:7.3f}")
+    lines.append(f"{'mean':<16} {'':>8} {result[f'precision_at_{k}']:7.3f} {result['mAP']:7.3f}")
+    return "\n".join(lines)

@@ -378,11 +378,13 @@ def build_index(
     thumbnails: bool = False,
     info: dict | None = None,
     device: str = "cpu",
+    select: Callable[[str], bool] | None = None,
 ) -> BuildReport:
     """Create or update the index at `out` for the images under `images` (a folder or 'gallery').
 
     `records` (relative path -> JSON-able metadata): index exactly those images (the ones that
-    exist) and store each one's record; `thumbnails`: store a 256 px JPEG per image."""
+    exist) and store each one's record; `thumbnails`: store a 256 px JPEG per image; `select`
+    (relative path -> bool): index only the images it keeps (one shard, `cocoattr.index_shards`)."""
     spec = image_set(images)
     root = root_of(spec)
     if not root.is_dir():
@@ -398,6 +400,8 @@ def build_index(
         builder.old = None
     report = BuildReport(index=None, full_rebuild=reason is not None, reason=reason or "")  # type: ignore[arg-type]
     files = _scan(root, None if records is None else list(records))
+    if select is not None:
+        files = {rel: v for rel, v in files.items() if select(rel)}
     todo = builder.reuse(files, report)
     _run(builder, predictor, root, todo, files, out, report, save_every, progress, on_error)
     report.index = builder.snapshot(complete=True)

@@ -306,3 +306,62 @@ def test_app_offline_without_a_cache_falls_back_to_the_gallery(app_predictor, tm
     assert served.root_spec == "gallery" and len(served) == 36 and served.records is None
     fallback = [s for s in said if "serving the bundled gallery instead" in s]
     assert len(fallback) == 1 and "is not cached and the Hub cannot be reached" in fallback[0]
+
+
+# ----------------------------------------------------------------------------- ground-truth evaluation
+
+
+def test_coco_category_retrieval_counts_precision_and_ap_by_hand():
+    from cocoattr.evaluation import coco_category_retrieval
+
+    attributes = ["dog", "red", "bus", "teddy"]  # "teddy" is no COCO-80 name; "teddy bear" is
+    scores = np.zeros((20, 4), np.float32)
+    scores[:, 0] = np.linspace(1, 0, 20)  # images ranked 0..19 by "dog"
+    cats = [[] for _ in range(20)]
+    for i in (0, 1, 4, 12):  # dogs at ranks 1, 2, 5, 13
+        cats[i].append("dog")
+    cats[3].append("teddy bear")
+    r = coco_category_retrieval(scores, attributes, cats)
+    assert r["categories_named_by_the_vocabulary"] == 2 and r["categories_scored"] == 1  # bus: no instances
+    (row,) = r["per_category"]
+    assert row == {"category": "dog", "relevant": 4, "precision_at_10": 0.3,
+                   "AP": pytest.approx((1 / 1 + 2 / 2 + 3 / 5 + 4 / 13) / 4)}  # fmt: skip
+    assert r["precision_at_10"] == 0.3 and r["mAP"] == pytest.approx(row["AP"])
+
+
+def test_evaluate_coco_scores_the_index_against_the_instances(coco, default_checkpoint, tmp_path, capsys):
+    root, out, _ = coco
+    kept, report = tmp_path / "kept.npz", tmp_path / "metrics.json"
+    shutil.copy(out, kept)
+    args = ["evaluate", "--coco", str(root), "--split", "val2017", "--index", str(kept),
+            "--checkpoint", str(default_checkpoint), "--out", str(report)]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    result = json.loads(report.read_text())
+    index = Index.load(out)
+    assert Index.load(kept).paths == index.paths and result["n_images"] == 4  # the kept index, reused
+    expected = [
+        c for c in ("person", "car", "cat", "cup", "dining table") if c in index.attributes
+    ]  # COCO-80 order
+    assert [r["category"] for r in result["per_category"]] == expected and "cat" in expected
+    for row in result["per_category"]:  # one relevant image each: AP = 1 / its rank, P@10 over 4 images
+        col = index.probs[:, index.attributes.index(row["category"])].astype(np.float32)
+        owner = [i for i, r in enumerate(index.records) if row["category"] in r["categories"]]
+        assert row["relevant"] == len(owner) == 1
+        rank = 1 + int((col > col[owner[0]]).sum())
+        assert row["AP"] == pytest.approx(1 / rank) and row["precision_at_10"] == pytest.approx(1 / 4)
+    assert result["mAP"] == pytest.approx(np.mean([r["AP"] for r in result["per_category"]]))
+    assert result["checkpoint_sha256"] == index.checkpoint["sha256"] and result["split"] == "val2017"
+    assert "mean" in captured.out and f"{result['mAP']:7.3f}" in captured.out.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [(["--split", "val"], "--split 'val': expected one of val2017"),
+     (["--baseline"], "--baseline: only for the hand-labelled gallery")],
+)  # fmt: skip
+def test_evaluate_coco_bad_input_is_one_line(tmp_path, capsys, extra, fragment):
+    root = write_coco(tmp_path / "data")
+    assert main(["evaluate", "--coco", str(root), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err

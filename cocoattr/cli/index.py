@@ -1,4 +1,4 @@
-"""`index build|push|recall` and `search`: retrieval over a set of images."""
+"""`index build|merge|push|recall` and `search`: retrieval over a set of images."""
 
 from __future__ import annotations
 
@@ -12,34 +12,72 @@ from cocoattr.errors import UserError, notice
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    """`cocoattr index build`: exit 0, or 1 if some images could not be read (the index is still written)."""
+    """`cocoattr index build`: exit 0, or 1 if some images could not be read (the index is still written).
+
+    With `--shard I/N` (or under torchrun: RANK/WORLD_SIZE) this process builds one shard into
+    OUT.shard-I-of-N.npz; `index merge` joins the parts."""
     from cocoattr.index import build_index, save_every_from_env  # numpy + the gallery: ~250 ms
+    from cocoattr.index_shards import (
+        parse_shard,
+        part_path,
+        parts_pattern,
+        rank_device,
+        selector,
+        shard_from_env,
+    )
 
     if (args.images is None) == (args.coco is None):
         raise UserError(
             "index build: give --images FOLDER or --coco ROOT (with --split), not both or neither"
         )
-    writable_file(args.out)
+    shard = parse_shard(args.shard) if args.shard is not None else shard_from_env()
+    device = args.device if args.shard is not None or shard is None else rank_device(args.device)
+    final = writable_file(args.out)
+    out = final if shard is None else part_path(final, shard)
+    select = None if shard is None else selector(shard)
+    extra = {} if shard is None else {"shard": list(shard)}
     if args.coco is not None:
         from cocoattr.coco_index import build_coco_index
 
-        report, missing = build_coco_index(args.coco, args.split, args.out, checkpoint=args.checkpoint,
+        report, missing = build_coco_index(args.coco, args.split, out, checkpoint=args.checkpoint,
                                            batch_size=args.batch_size, save_every=save_every_from_env(),
-                                           device=args.device)  # fmt: skip
+                                           device=device, select=select, extra_info=extra)  # fmt: skip
         if missing:
             notice(f"{missing} images of {args.split} listed in the annotations are not on disk; left out")
     else:
-        report = build_index(args.images, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                             save_every=save_every_from_env(), device=args.device)  # fmt: skip
+        report = build_index(args.images, out, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                             save_every=save_every_from_env(), device=device, select=select,
+                             info=extra or None)  # fmt: skip
     if report.full_rebuild and report.reason != "new index":
         notice(f"full rebuild: {report.reason}")
+    where = out if shard is None else f"{out} (shard {shard[0]}/{shard[1]})"
     notice(
-        f"indexed {len(report.index)} images into {args.out}: {len(report.computed)} computed, "
+        f"indexed {len(report.index)} images into {where}: {len(report.computed)} computed, "
         f"{report.reused} unchanged, {len(report.removed)} removed, {len(report.failed)} failed"
     )
+    if shard is not None:
+        notice(
+            f"when every shard is built: cocoattr index merge {parts_pattern(final, shard[1])} --out {final}"
+        )
     if report.failed:
         notice(f"{len(report.failed)} images could not be read and are not in the index")
         return 1
+    return 0
+
+
+def cmd_index_merge(args: argparse.Namespace) -> int:
+    """`cocoattr index merge PARTS --out FILE`: one index from the parts of a sharded build."""
+    from cocoattr.index import Index
+    from cocoattr.index_shards import merge_parts
+
+    out = writable_file(args.out)
+    if out.resolve() in {Path(p).expanduser().resolve() for p in args.parts}:
+        raise UserError(f"index merge: --out {out} is one of the parts; give a new file")
+    if out.exists():
+        Index.load(out)  # a file that is not an index is an error, never overwritten
+    merged = merge_parts(args.parts)
+    merged.save(out)
+    notice(f"merged {len(args.parts)} parts into {out}: {len(merged)} images")
     return 0
 
 
@@ -133,7 +171,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """`index build`, `index recall` and `search`."""
+    """`index build|merge|push|recall` and `search`."""
     p = sub.add_parser("index", help="retrieval index over a set of images")
     isub = p.add_subparsers(dest="index_command", required=True)
     b = isub.add_parser("build", help="build or update an index")
@@ -146,8 +184,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--out", required=True, help="index file to write")
     b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--shard", default=None, metavar="I/N", help="build only shard I of N (0 <= I < N) "
+                   "into OUT.shard-I-of-N.npz, resumable; under torchrun RANK/WORLD_SIZE give it; "
+                   "then `index merge`")  # fmt: skip
     add_device(b)
     b.set_defaults(func=cmd_index)
+    m = isub.add_parser("merge", help="join the parts of a sharded build (--shard I/N) into one index")
+    m.add_argument("parts", nargs="+", help="the part files, OUT.shard-I-of-N.npz, one per shard")
+    m.add_argument("--out", required=True, help="index file to write")
+    m.set_defaults(func=cmd_index_merge)
     u = isub.add_parser("push", help="publish an index as a Hugging Face dataset repo (parquet + card)")
     u.add_argument("--index", required=True, help="index file (from `index build`)")
     u.add_argument("--repo", required=True, help="USER/NAME of the dataset repo")

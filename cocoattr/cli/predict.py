@@ -7,7 +7,7 @@ import json
 import sys
 
 from cocoattr.cli.arguments import add_checkpoint, add_device, probability, writable_file
-from cocoattr.errors import UserError
+from cocoattr.errors import UserError, notice
 
 
 def _with_objects(predictor, paths: list[str], min_score: float):
@@ -88,14 +88,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = writable_file(args.out) if args.out else None
     if args.heatmaps:
         result = _evaluate_heatmaps(args)
+    elif args.coco is not None:
+        result = _evaluate_coco(args)
     else:
         from cocoattr.evaluation import evaluate_checkpoint, format_table
 
-        if args.coco or args.coconut or args.json or args.limit is not None:
-            raise UserError("--coco, --coconut, --json and --limit go with --heatmaps")
+        if args.coconut or args.json or args.limit is not None:
+            raise UserError("--coconut, --json and --limit go with --heatmaps")
+        if args.index is not None:
+            raise UserError("--index goes with --coco ROOT (the split's index)")
         split = args.split or "all"
         if split not in GALLERY_SPLITS:
-            raise UserError(f"--split {split!r}: expected one of {', '.join(GALLERY_SPLITS)}")
+            raise UserError(
+                f"--split {split!r}: expected one of {', '.join(GALLERY_SPLITS)} (or give --coco ROOT)"
+            )
         result = evaluate_checkpoint(args.checkpoint, args.data, split, args.baseline, device=args.device)
         print(format_table(result))
     if out is not None:
@@ -128,6 +134,33 @@ def _evaluate_heatmaps(args: argparse.Namespace) -> dict:
     return result
 
 
+def _evaluate_coco(args: argparse.Namespace) -> dict:
+    """`evaluate --coco ROOT --split val2017`: build (or update) the split's index, then score the
+    category attributes against the instance annotations."""
+    from cocoattr.coco_index import build_coco_index, split_files
+    from cocoattr.evaluation import coco_category_retrieval, format_coco_table
+    from cocoattr.index import default_index_path, image_set, save_every_from_env
+
+    if args.baseline:
+        raise UserError("--baseline: only for the hand-labelled gallery, not with --coco")
+    if args.coconut or args.json or args.limit is not None:
+        raise UserError(
+            "--coconut, --json and --limit go with --heatmaps (use --out FILE for the metrics as JSON)"
+        )
+    split = args.split or "val2017"
+    _, _, image_dir = split_files(args.coco, split)
+    path = writable_file(args.index) if args.index else default_index_path(image_set(image_dir))
+    notice(f"COCO {split}: the index is kept at {path} (built or updated first)")
+    report, _ = build_coco_index(args.coco, split, path, checkpoint=args.checkpoint,
+                                 save_every=save_every_from_env(), device=args.device)  # fmt: skip
+    index = report.index
+    result = coco_category_retrieval(index.probs, index.attributes, [r["categories"] for r in index.records])
+    result = {"checkpoint": index.checkpoint.get("source"), "checkpoint_sha256": index.checkpoint.get("sha256"),
+              "data": "coco", "split": split, "index": str(path), **result}  # fmt: skip
+    print(format_coco_table(result))
+    return result
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """`predict` and `evaluate`."""
     p = sub.add_parser("predict", help="attribute probabilities for images")
@@ -143,14 +176,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set; "
+    p = sub.add_parser("evaluate", help="masked mAP, per-image AUC, F1 on a labelled image set; --coco: "
+                       "precision@10 / mAP of the COCO category attributes against the instance annotations; "
                        "--heatmaps: whether the attribute maps point where the attribute is")  # fmt: skip
     add_checkpoint(p)
     p.add_argument("--data", default="gallery", help="'gallery' (bundled) or a folder in the gallery layout "
                    "(with --heatmaps: and a boxes.json)")  # fmt: skip
     p.add_argument("--split", default=None,
-                   help="all (default), train, val or test of --data; with --heatmaps --coco: the instances_SPLIT.json "
-                   "to read (default val2017)")  # fmt: skip
+                   help="all (default), train, val or test of --data; with --coco: val2017 (default), train2017, "
+                   "val2014, train2014")  # fmt: skip
     p.add_argument("--heatmaps", action="store_true",
                    help="heatmap faithfulness: mass in mask and pointing game vs a centre Gaussian, on the "
                    "hand-drawn boxes of --data (gallery/boxes.json) or, with --coco, a COCO root's instance masks")  # fmt: skip
@@ -158,7 +192,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="with --heatmaps and --coco ROOT: score against the panoptic segments of a downloaded "
                    "COCONut repo (e.g. ROOT/coconut/relabeled_coco_val), photos from --coco")  # fmt: skip
     p.add_argument("--coco", default=None, metavar="ROOT",
-                   help="with --heatmaps: a COCO root (annotations/instances_SPLIT.json, SPLIT/*.jpg)")  # fmt: skip
+                   help="a COCO root (the --root of `data download`): retrieval of the category attributes on "
+                   "--split against its instance annotations (with --heatmaps: its instance masks)")  # fmt: skip
+    p.add_argument("--index", default=None, help="with --coco: the split's index file, built or updated "
+                   "first (default: one under checkpoints/ per split folder)")  # fmt: skip
     p.add_argument(
         "--limit", type=positive_int, default=None, help="with --heatmaps: score the first N images"
     )
