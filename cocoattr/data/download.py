@@ -15,8 +15,7 @@ error names the URL and what was wrong. Zips are extracted defensively (no absol
 
 Layout under `root`: `downloads/` holds the archives, `coco/` the extracted COCO tree
 (`coco/annotations/captions_train2017.json`, `coco/val2017/000000000139.jpg`, ...),
-`cocottributes/` the COCO Attributes pickle, `coconut/NAME/data/*.parquet` the COCONut Hub datasets
-(listed through huggingface_hub, fetched and verified by `fetch`: `fetch_hub_dataset`).
+`cocottributes/` the COCO Attributes pickle, `coconut/NAME/data/*.parquet` COCONut (`fetch_hub_dataset`).
 
 A mirror (or a test server) is used by passing `base_url` / `--base-url` or setting
 `COCOATTR_DATA_BASE_URL`: it replaces the scheme+host+path prefix of every resource, so the
@@ -145,15 +144,10 @@ def download_all(names: Sequence[str], root: Path, base_url: str | None = None) 
 
 
 def fetch_hub_dataset(hub: HubDataset, dest: Path, *, retries: int = 3) -> Path:
-    """The files of `hub.repo` matching its patterns in `dest`, each through `fetch`.
-
-    huggingface_hub lists the repo at one commit (sizes, and the sha256 of every LFS file, as the
-    parquet shards are) and gives each file's URL (HF_ENDPOINT honoured); the bytes then go
-    through `fetch`, so a cut or stalled transfer keeps `FILE.part` and the next run resumes it
-    (huggingface_hub 2 deletes a partial file when it gives up), and nothing is vouched for before
-    its size and sha256 match. Offline (HF_HUB_OFFLINE) or with the Hub unreachable, a `dest`
-    whose files are all complete is used as it is; anything else is one line.
-    """
+    """The files of `hub.repo` matching its patterns in `dest`: listed at one commit by
+    huggingface_hub (sizes, LFS sha256, URLs; HF_ENDPOINT honoured), moved by `fetch`, so a cut
+    keeps `FILE.part` for the next run (huggingface_hub 2 drops it). Offline, a complete `dest`
+    is used as it is; anything else is one line."""
     from fnmatch import fnmatch
 
     from huggingface_hub import HfApi, hf_hub_url
@@ -163,14 +157,8 @@ def fetch_hub_dataset(hub: HubDataset, dest: Path, *, retries: int = 3) -> Path:
     try:
         api = HfApi()
         revision = api.dataset_info(hub.repo, revision="main").sha
-        listing = api.list_repo_tree(
-            hub.repo, repo_type="dataset", recursive=True, revision=revision, expand=True
-        )
-        files = [
-            f
-            for f in listing
-            if getattr(f, "size", None) is not None and any(fnmatch(f.path, p) for p in hub.patterns)
-        ]
+        listing = api.list_repo_tree(hub.repo, repo_type="dataset", recursive=True, revision=revision)
+        files = [f for f in listing if hasattr(f, "size") and any(fnmatch(f.path, p) for p in hub.patterns)]
     except RepositoryNotFoundError:
         raise UserError(f"{where} not found (or private: set HF_TOKEN)") from None
     except (OfflineModeIsEnabled, HfHubHTTPError, OSError, ValueError, *_http_client_errors()) as e:
@@ -193,15 +181,13 @@ def fetch_hub_dataset(hub: HubDataset, dest: Path, *, retries: int = 3) -> Path:
 
 def _inside(dest: Path, name: str, where: str) -> Path:
     """`dest/name`, refusing a listed name that would land outside `dest` (a lying server)."""
-    target = (dest / name).resolve()
-    if not target.is_relative_to(dest.resolve()) or name.startswith("/"):
+    if name.startswith("/") or not (dest / name).resolve().is_relative_to(dest.resolve()):
         raise UserError(f"{where} lists a file outside the dataset folder ({name!r}); refused")
     return dest / name
 
 
 def _complete_offline_copy(hub: HubDataset, dest: Path) -> bool:
-    """Whether `dest` holds, for every pattern with a parquet in it, files that `fetch` finished
-    and vouched for (a `.sha256` sidecar) and no `.part` left to resume."""
+    """Every parquet in `dest` vouched for by `fetch` (a `.sha256` sidecar), no `.part` left."""
     if not dest.is_dir() or any(dest.rglob("*.part")):
         return False
     parquet = [p for p in hub.patterns if p.endswith(".parquet")]
