@@ -2,6 +2,9 @@
 
     .venv/bin/python tests/mutation.py metrics [--timeout 900] [--keep DIR] [--show FILE]
 
+(mutmut 3.8.1 must be importable by that python: it is in requirements-dev.txt, or
+`pip install --target DIR mutmut==3.8.1` and run with `PYTHONPATH=DIR`.)
+
 mutmut 3 mutates the code into `mutants/` beside `pyproject.toml` and reads its settings from
 `[tool.mutmut]` there. This copies the working tree (tracked and untracked-but-not-ignored files,
 plus `checkpoints/` where a module's tests need it) into a temporary folder, appends a
@@ -73,10 +76,10 @@ def _configure(dest: Path, target: str, tests: list[str], extra: list[str]) -> N
 
 
 def _mutmut(dest: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("mutmut")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
-        [str(exe), *args], cwd=dest, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "mutmut", *args], cwd=dest, env=env, capture_output=True, text=True,
+        timeout=timeout,
     )
 
 

@@ -246,7 +246,6 @@ def test_cli_search_100k_characters_is_truncated_quickly(small_index):
     ],
 )
 def test_bad_train_config_names_the_key(tmp_path, text, fragment):
-    pytest.importorskip("cocoattr.training.loop", reason="cocoattr/training is not importable yet")
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     proc = cli("train", "--config", str(config), "--out", str(tmp_path / "run"), timeout=120)
@@ -255,6 +254,5 @@ def test_bad_train_config_names_the_key(tmp_path, text, fragment):
 
 
 def test_missing_train_config_is_one_line(tmp_path):
-    pytest.importorskip("cocoattr.training.loop", reason="cocoattr/training is not importable yet")
     proc = cli("train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "run"), timeout=120)
     assert_one_line_error(proc, "none.yaml")
