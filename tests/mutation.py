@@ -32,15 +32,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 # module -> (file mutated, test files run against each mutant, extra ignored paths to copy)
 MODULES: dict[str, tuple[str, list[str], list[str]]] = {
-    "metrics": ("cocoattr/metrics.py", ["tests/test_metrics.py", "tests/test_metrics_mutation.py"], []),
-    "query": ("cocoattr/query.py", ["tests/test_query.py", "tests/test_query_mutation.py"], []),
+    "metrics": ("cocoattr/metrics.py", ["tests/test_metrics.py", "tests/test_metrics_edges.py"], []),
+    "query": ("cocoattr/query.py", ["tests/test_query.py", "tests/test_query_edges.py"], []),
     "download": (
         "cocoattr/data/download.py",
-        ["tests/test_data_download.py", "tests/test_data_download_lying.py", "tests/test_download_mutation.py"],
+        ["tests/test_data_download.py", "tests/test_data_download_lying.py", "tests/test_download_edges.py"],
         [],
     ),
     "hub": ("cocoattr/hub.py", ["tests/test_hub.py", "tests/test_model.py"], ["checkpoints/default"]),
-    "checkpoints": ("cocoattr/checkpoints.py", ["tests/test_model.py", "tests/test_hub.py"], ["checkpoints/default"]),
+    "checkpoints": (
+        "cocoattr/checkpoints.py",
+        ["tests/test_model.py", "tests/test_hub.py"],
+        ["checkpoints/default"],
+    ),
     "index": ("cocoattr/index.py", ["tests/test_index.py"], ["checkpoints/default"]),
 }
 
@@ -65,9 +69,7 @@ def _configure(dest: Path, target: str, tests: list[str], extra: list[str]) -> N
     pyproject = dest / "pyproject.toml"
     text = pyproject.read_text("utf-8")
     text += (
-        "\n[tool.mutmut]\n"
-        'source_paths = ["cocoattr/"]\n'
-        f"only_mutate = [{target!r}]\n".replace("'", '"')
+        f'\n[tool.mutmut]\nsource_paths = ["cocoattr/"]\nonly_mutate = [{target!r}]\n'.replace("'", '"')
         + f"also_copy = {extra!r}\n".replace("'", '"')
         + f"pytest_add_cli_args_test_selection = {existing!r}\n".replace("'", '"')
         + 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
@@ -78,7 +80,11 @@ def _configure(dest: Path, target: str, tests: list[str], extra: list[str]) -> N
 def _mutmut(dest: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "mutmut", *args], cwd=dest, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "mutmut", *args],
+        cwd=dest,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 

@@ -73,10 +73,14 @@ def test_parser_weights_are_in_range_and_exclusions_disjoint(text):
 
 # Long texts that are valid queries (vocabulary names, spaces or commas, some stopwords), so
 # every example reaches the truncation instead of most being refused as unusable.
-long_queries = st.lists(
-    st.tuples(st.sampled_from(NAMES), st.sampled_from([", ", " ", " the ", "; "])), min_size=1, max_size=40
-).map(lambda parts: "".join(w + sep for w, sep in parts)).map(
-    lambda chunk: chunk * (MAX_QUERY_CHARS // len(chunk) + 2)
+long_queries = (
+    st.lists(
+        st.tuples(st.sampled_from(NAMES), st.sampled_from([", ", " ", " the ", "; "])),
+        min_size=1,
+        max_size=40,
+    )
+    .map(lambda parts: "".join(w + sep for w, sep in parts))
+    .map(lambda chunk: chunk * (MAX_QUERY_CHARS // len(chunk) + 2))
 )
 
 
