@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
-
 from gradio_client import Client, handle_file  # a missing client is a failure, not a skip
+from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")]
 
