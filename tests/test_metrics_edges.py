@@ -254,3 +254,10 @@ def test_evaluate_report_counts_and_defaults():
     p5 = m.precision_at_k_report(scores, labels, types, k=5)
     assert report["precision_at_5"] == pytest.approx(p5["precision_at_5"])
     assert "precision_at_6" not in report
+
+
+def test_precision_at_k_report_by_type_uses_the_given_k():
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
+    labels = np.array([[1, 1, 0, 0, 0, 0]])
+    report = m.precision_at_k_report(scores, labels, ["shape"] * 6, k=2)
+    assert report["precision_at_2_by_type"]["shape"] == 1.0  # top 2 of 6; a top 5 would be 2/5
