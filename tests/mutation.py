@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 # module -> (file mutated, test files run against each mutant, extra ignored paths to copy)
 MODULES: dict[str, tuple[str, list[str], list[str]]] = {
     "metrics": ("cocoattr/metrics.py", ["tests/test_metrics.py", "tests/test_metrics_edges.py"], []),
-    "query": ("cocoattr/query.py", ["tests/test_query.py", "tests/test_query_edges.py"], []),
+    # the MiniLM test (~1 min a mutant on 2 busy cores) is left out: see docs/reliability.md
+    "query": ("cocoattr/query.py", ["tests/test_query.py", "tests/test_query_edges.py", "-k", "not with_minilm"], []),
     "download": (
         "cocoattr/data/download.py",
         ["tests/test_data_download.py", "tests/test_data_download_lying.py", "tests/test_download_edges.py"],
@@ -65,7 +66,7 @@ def _copy_tree(dest: Path, extra: list[str]) -> None:
 
 
 def _configure(dest: Path, target: str, tests: list[str], extra: list[str]) -> None:
-    existing = [t for t in tests if (REPO / t).is_file()]
+    existing = [t for t in tests if not t.endswith(".py") or (REPO / t).is_file()]
     pyproject = dest / "pyproject.toml"
     text = pyproject.read_text("utf-8")
     text += (
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         _configure(dest, target, tests, extra)
     else:  # a rerun: new or changed tests and sources; mutmut retries what changed
         for rel in tests:
-            if (REPO / rel).is_file():
+            if rel.endswith(".py") and (REPO / rel).is_file():
                 shutil.copy2(REPO / rel, dest / rel)
                 if (dest / "mutants" / rel).parent.is_dir():
                     shutil.copy2(REPO / rel, dest / "mutants" / rel)
