@@ -131,3 +131,177 @@ def test_describe_lines():
     assert parsed("-indoor").describe() == "query: -indoor  (exclusions only: ranking by absence)"
     assert Query(text="", terms=[]).describe() == "query: (nothing)"
     assert parsed("dog on grass").describe() == 'query: dog grass text "dog on grass"'  # stopwords unshown
+
+
+# --------------------------------------------------------------------------- lookup, lemmas, tokens
+
+
+def test_hyphenated_names_and_synonyms_are_found_with_a_space():
+    from cocoattr.vocab import Attribute, Vocabulary
+
+    vocab = Vocabulary((Attribute("low-rise", "shape", ("ball-shaped",)), Attribute("red", "color")))
+    q = parse_query("low rise, ball shaped, red", vocab, use_encoder=False)
+    assert [(m.word, m.attributes, m.how) for m in q.mappings] == [
+        ("low rise", ("low-rise",), "attribute"),
+        ("ball shaped", ("low-rise",), "synonym"),
+        ("red", ("red",), "attribute"),
+    ]
+    assert parsed("see through").mappings == [Mapping("see through", ("transparent",), "synonym")]
+
+
+def test_synonyms_of_an_allowed_attribute_after_a_disallowed_one():
+    q = parse_query("fluffy", attributes=["furry"], use_encoder=False)  # 'red' (first) is not allowed
+    assert q.mappings == [Mapping("fluffy", ("furry",), "synonym")]
+
+
+def test_plurals_by_lemma_and_listed_synonyms_keep_how_they_matched():
+    assert parsed("reds").mappings == [Mapping("reds", ("red",), "attribute")]  # by rule, not a typo
+    assert parsed("dogs").mappings == [Mapping("dogs", ("dog",), "synonym")]  # listed: kept as listed
+    assert keys("big cats") == [("large", 1.0), ("cat", 1.0)]  # a lemma is for one word only
+
+
+def test_tokens_that_are_only_punctuation_are_skipped():
+    assert parsed("red ... dog").mappings == [
+        Mapping("red", ("red",), "attribute"),
+        Mapping("dog", ("dog",), "attribute"),
+    ]
+    assert parsed("red!").mappings == [Mapping("red", ("red",), "attribute")]
+
+
+def test_typos_keep_negation_weight_and_how():
+    assert keys("-furyy, dog") == [("-furry", 1.0), ("dog", 1.0)]
+    assert keys("furyy") == [("furry", 1.0)]
+    assert (
+        parsed("fluffy, furyy").describe()
+        == "query: furry  ['fluffy' -> furry (synonym); 'furyy' -> furry (typo)]"
+    )
+
+
+def test_free_text_words_are_recorded_and_the_rest_still_read():
+    q = parsed("dog on xqzzkv grass")
+    assert [(m.word, m.how) for m in q.mappings] == [
+        ("dog", "attribute"),
+        ("xqzzkv", "free text"),
+        ("grass", "attribute"),
+    ]
+    assert q.mappings[1].attributes == ()
+
+
+def test_an_operator_means_attribute_syntax_even_in_six_words():
+    assert parsed("-red dog cat wooden beach furry").free_text is None
+    assert parsed("red^2 dog cat wooden beach furry").free_text is None
+
+
+def test_exactly_the_limit_is_not_truncated_and_longer_is_cut_at_a_word():
+    text = ("wooden " * 100).strip()
+    q = parsed(text)
+    assert q.text == " ".join(["wooden"] * 71)  # the first 500 characters end inside a word
+    exact = text[:MAX_QUERY_CHARS].rsplit(" ", 1)[0]
+    exact = exact + " " + "x" * (MAX_QUERY_CHARS - len(exact) - 1)
+    assert len(exact) == MAX_QUERY_CHARS
+    q = parsed(exact)
+    assert q.text == exact and not any("truncated" in w for w in q.warnings)
+
+
+def test_empty_and_unknown_messages():
+    for text in ("", None):
+        with pytest.raises(UserError, match="^empty query"):
+            parse_query(text, use_encoder=False)
+    with pytest.raises(UserError, match="nothing in the query matches an attribute"):
+        parsed("XX")
+    with pytest.raises(UserError, match=r"\('xqzzkv' -> \(unknown\); 'qqxzvv' -> \(unknown\)\)"):
+        parsed("xqzzkv, qqxzvv")
+    with pytest.raises(UserError, match=r"\('the of a'\); try"):
+        parsed("the of a")
+
+
+# --------------------------------------------------------------------------- the encoder fallback, with a fake encoder
+
+# Four attributes with embeddings of other norms than 1 (the matcher must normalise them).
+ATTRS = ["red", "dog", "cat", "blue"]
+EMB = np.array([[0.5, 0, 0, 0], [0, 0.2, 0, 0], [0, 0, 3.0, 0], [-0.5, 0, 0, 0]])
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    """`cocoattr.text.encode` answering from a table, recording what it was asked."""
+    import cocoattr.text
+
+    table: dict[str, np.ndarray] = {}
+    calls: list[list[str]] = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return np.stack([table[t] for t in texts])  # a KeyError: asked for something unexpected
+
+    monkeypatch.setattr(cocoattr.text, "encode", encode)
+    return table, calls
+
+
+def test_nearest_by_meaning_uses_the_given_embeddings(fake_encoder):
+    table, calls = fake_encoder
+    table["pooch"] = np.array([0.01, 0.09, 0.03, 0.0])  # cosines: dog 0.95, cat 0.32, red 0.11, blue -0.11
+    q = parse_query("pooch", attributes=ATTRS, attribute_embeddings=EMB)
+    assert q.mappings == [Mapping("pooch", ("dog",), "nearest")] and keys_of(q) == [("dog", 1.0)]
+    assert calls == [["pooch"]]  # the index's embeddings are used, the vocabulary is not encoded
+
+
+def test_doggo_is_not_a_typo_of_dog_but_a_neighbour(fake_encoder):
+    table, _ = fake_encoder
+    table["doggo"] = np.array([0.0, 1.0, 0.0, 0.0])  # difflib ratio 0.75 to 'dog': below the typo cut-off
+    q = parse_query("doggo", attributes=ATTRS, attribute_embeddings=EMB)
+    assert q.mappings == [Mapping("doggo", ("dog",), "nearest")]
+
+
+def test_unknown_by_meaning_lists_the_three_closest(fake_encoder):
+    table, _ = fake_encoder
+    table["qwzx"] = np.array([0.01, 0.02, 0.03, 0.1])  # cosines: cat 0.28, dog 0.19, red 0.09, blue -0.09
+    with pytest.raises(UserError, match=r"'qwzx' -> \(unknown; closest: cat 0\.28, dog 0\.19, red 0\.09\)"):
+        parse_query("qwzx", attributes=ATTRS, attribute_embeddings=EMB)
+    q = parse_query("qwzx dog", attributes=ATTRS, attribute_embeddings=EMB)
+    assert q.mappings[0] == Mapping("qwzx", (), "unknown; closest: cat 0.28, dog 0.19, red 0.09")
+
+
+def test_without_embeddings_the_prompts_are_encoded_once(fake_encoder):
+    from cocoattr.vocab import load_vocabulary
+
+    vocab = load_vocabulary()
+    table, calls = fake_encoder
+    for name, row in zip(ATTRS, EMB, strict=True):
+        table[vocab[name].prompt] = row
+    table["pooch"] = np.array([0.01, 0.09, 0.03, 0.0])
+    table["mutt"] = np.array([0.0, 0.5, 0.0, 0.0])
+    q = parse_query("pooch, mutt", attributes=ATTRS)
+    assert [m.attributes for m in q.mappings] == [("dog",), ("dog",)]
+    assert calls == [[vocab[n].prompt for n in ATTRS], ["pooch"], ["mutt"]]
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (UserError("MiniLM is not installed\nsee the README"), "MiniLM is not installed"),
+        (OSError(), "OSError"),
+    ],
+)
+def test_a_broken_encoder_is_said_once_and_spelling_takes_over(monkeypatch, error, said):
+    import cocoattr.text
+
+    def broken(texts):
+        raise error
+
+    monkeypatch.setattr(cocoattr.text, "encode", broken)
+    q = parse_query(
+        "purplish, reddd, furrry"
+    )  # spelling ratios 0.71, 0.75 (below the typo cut-off 0.8), 0.91
+    assert q.mappings == [
+        Mapping("purplish", ("purple",), "nearest"),
+        Mapping("reddd", ("red",), "nearest"),
+        Mapping("furrry", ("furry",), "typo"),
+    ]
+    assert q.warnings == [f"text encoder unavailable ({said}); matched unknown words by spelling"]
+    with pytest.raises(UserError, match="nothing in the query matches"):
+        parse_query("redzzz")  # a spelling ratio of 0.67 (below 0.7) is no match
+
+
+def keys_of(q: Query) -> list[tuple[str, float]]:
+    return [(t.key, t.weight) for t in q.terms]
