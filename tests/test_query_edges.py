@@ -5,6 +5,7 @@ rules, free-text detection, and the scorer's clipping for exclusions."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -88,6 +89,9 @@ def test_a_phrase_is_negated_on_its_first_word_and_weighted_on_its_last_only():
     assert keys("big cat^2") == [("big cat", 2.0)]
     assert keys("big^2 cat") == [("large", 2.0), ("cat", 1.0)]  # a weight inside breaks the phrase
     assert keys("big -cat") == [("large", 1.0), ("-cat", 1.0)]  # so does a negation inside
+    assert parsed("big -cat").mappings[0] == Mapping(
+        "big", ("large",), "synonym"
+    )  # the shorter phrase, not a typo
 
 
 def test_free_text_needs_six_words_or_a_stopword():
@@ -269,11 +273,27 @@ def test_without_embeddings_the_prompts_are_encoded_once(fake_encoder):
     table, calls = fake_encoder
     for name, row in zip(ATTRS, EMB, strict=True):
         table[vocab[name].prompt] = row
+    table["zz-custom"] = np.array([0.0, 0.0, 0.0, 0.1])  # an index's own attribute: its name is its prompt
     table["pooch"] = np.array([0.01, 0.09, 0.03, 0.0])
     table["mutt"] = np.array([0.0, 0.5, 0.0, 0.0])
-    q = parse_query("pooch, mutt", attributes=ATTRS)
+    q = parse_query("pooch, mutt", attributes=[*ATTRS, "zz-custom"])
     assert [m.attributes for m in q.mappings] == [("dog",), ("dog",)]
-    assert calls == [[vocab[n].prompt for n in ATTRS], ["pooch"], ["mutt"]]
+    assert calls == [[vocab[n].prompt for n in ATTRS] + ["zz-custom"], ["pooch"], ["mutt"]]
+
+
+def test_each_attribute_embedding_is_normalised_by_its_own_norm(fake_encoder):
+    """Rows of other norms, one all zero (cosine 0, no 0/0), one sharing columns with another."""
+    table, _ = fake_encoder
+    emb = np.array(
+        [[0.5, 0, 0, 0, 0], [0, 0.2, 0, 0, 0], [0, 0, 3.0, 0, 0], [-0.3, 0, 0, 0, 0.4], [0, 0, 0, 0, 0]]
+    )
+    table["qwzx"] = np.array(
+        [0.01, 0.02, 0.03, 0.1, 0.0]
+    )  # cosines: cat 0.28, dog 0.19, red 0.09, blue -0.06
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = parse_query("qwzx dog", attributes=[*ATTRS, "wooden"], attribute_embeddings=emb)
+    assert q.mappings[0] == Mapping("qwzx", (), "unknown; closest: cat 0.28, dog 0.19, red 0.09")
 
 
 @pytest.mark.parametrize(
