@@ -34,7 +34,11 @@ REPO = Path(__file__).resolve().parent.parent
 MODULES: dict[str, tuple[str, list[str], list[str]]] = {
     "metrics": ("cocoattr/metrics.py", ["tests/test_metrics.py", "tests/test_metrics_edges.py"], []),
     # the MiniLM test (~1 min a mutant on 2 busy cores) is left out: see docs/reliability.md
-    "query": ("cocoattr/query.py", ["tests/test_query.py", "tests/test_query_edges.py", "-k", "not with_minilm"], []),
+    "query": (
+        "cocoattr/query.py",
+        ["tests/test_query.py", "tests/test_query_edges.py", "-k", "not with_minilm"],
+        [],
+    ),
     "download": (
         "cocoattr/data/download.py",
         ["tests/test_data_download.py", "tests/test_data_download_lying.py", "tests/test_download_edges.py"],
