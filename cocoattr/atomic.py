@@ -68,8 +68,9 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1
 def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """Fill the yielded staging folder; on success it replaces `folder` whole.
 
-    The old folder is moved aside first and deleted only after the new one is in place, so
-    an interruption leaves either the old folder or the new one at `folder`, never a mix.
+    The old folder is moved aside first and deleted only after the new one is in place (if
+    the final rename fails the old one is moved back), so an interruption leaves either the
+    old folder or the new one at `folder`, never a mix and never neither.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,12 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             folder.rename(old)
-        staging.rename(folder)
+        try:
+            staging.rename(folder)
+        except BaseException:
+            if old is not None and not folder.exists():
+                old.rename(folder)  # the swap failed: put the old folder back, never lose it
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -70,3 +70,24 @@ def test_an_interrupted_folder_save_keeps_the_previous_folder_whole(tmp_path):
     with atomic_folder(folder) as staging:
         (staging / "model.safetensors").write_bytes(b"v3")
     assert [p.name for p in folder.iterdir()] == ["model.safetensors"]  # replaced whole, not merged
+
+
+def test_a_failed_final_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    """The old folder is moved aside before the staging folder is renamed in: if that rename
+    fails (disk full, a reader holding the name on some filesystems) the old one must return."""
+    folder = tmp_path / "ckpt"
+    with atomic_folder(folder) as staging:
+        (staging / "model.safetensors").write_bytes(b"v1")
+    real_rename = Path.rename
+
+    def rename(self: Path, target):  # noqa: ANN001
+        if self.name.startswith(".ckpt.") and not self.name.endswith(".old") and Path(target) == folder:
+            raise OSError("rename failed")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="rename failed"):
+        with atomic_folder(folder) as staging:
+            (staging / "model.safetensors").write_bytes(b"v2")
+    assert (folder / "model.safetensors").read_bytes() == b"v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging or .old folder left

@@ -246,7 +246,6 @@ def test_cli_search_100k_characters_is_truncated_quickly(small_index):
     ],
 )
 def test_bad_train_config_names_the_key(tmp_path, text, fragment):
-    pytest.importorskip("cocoattr.training.loop", reason="cocoattr/training is not importable yet")
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     proc = cli("train", "--config", str(config), "--out", str(tmp_path / "run"), timeout=120)
@@ -255,6 +254,27 @@ def test_bad_train_config_names_the_key(tmp_path, text, fragment):
 
 
 def test_missing_train_config_is_one_line(tmp_path):
-    pytest.importorskip("cocoattr.training.loop", reason="cocoattr/training is not importable yet")
     proc = cli("train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "run"), timeout=120)
     assert_one_line_error(proc, "none.yaml")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "--checkpoint", "default", "--data", "{missing}"],
+        ["index", "build", "--images", "{missing}"],
+        ["data", "mine", "--captions", "{missing}"],
+    ],
+    ids=["evaluate", "index-build", "data-mine"],
+)
+@pytest.mark.parametrize("where", ["a folder", "below a file"])
+def test_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path, command, where):
+    """Checked first: the input is missing too, yet the error is about --out (before: a traceback
+    after the whole evaluation or index build, and a stray .tmp)."""
+    missing = str(tmp_path / "no-such-input")
+    (tmp_path / "file.txt").write_text("x")
+    out = tmp_path if where == "a folder" else tmp_path / "file.txt" / "out.json"
+    args = [a.replace("{missing}", missing) for a in command]
+    proc = cli(*args, "--out", str(out), timeout=120)
+    assert_one_line_error(proc, str(out), "is a folder" if where == "a folder" else "is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # no .tmp, nothing written

@@ -29,10 +29,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from gradio_client import Client, handle_file  # a missing client is a failure, not a skip
 from PIL import Image
-
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")]
 

@@ -71,12 +71,28 @@ def test_parser_weights_are_in_range_and_exclusions_disjoint(text):
     assert q.free_text is None or len(q.free_text) <= MAX_QUERY_CHARS
 
 
+# Long texts that are valid queries (vocabulary names, spaces or commas, some stopwords), so
+# every example reaches the truncation instead of most being refused as unusable.
+long_queries = (
+    st.lists(
+        st.tuples(st.sampled_from(NAMES), st.sampled_from([", ", " ", " the ", "; "])),
+        min_size=1,
+        max_size=40,
+    )
+    .map(lambda parts: "".join(w + sep for w, sep in parts))
+    .map(lambda chunk: chunk * (MAX_QUERY_CHARS // len(chunk) + 2))
+)
+
+
 @SETTINGS
-@given(st.text(min_size=MAX_QUERY_CHARS + 1, max_size=5000))
+@given(long_queries)
 def test_parser_long_text_is_bounded(text):
-    q = _parse(text)
-    if q is not None:
-        assert len(q.text) <= MAX_QUERY_CHARS
+    assert len(text) > MAX_QUERY_CHARS
+    q = parse_query(text, use_encoder=False)  # a valid query: it must parse, never be refused
+    assert len(q.text) <= MAX_QUERY_CHARS
+    assert any("truncated" in w for w in q.warnings)
+    assert text.startswith(q.text) and text[len(q.text)] == " "  # cut at a word boundary
+    assert q.terms or q.free_text
 
 
 weights = st.sampled_from([1.0, 0.1, 0.5, 2.0, 2.5, 7.0, 10.0])
