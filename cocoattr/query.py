@@ -134,9 +134,8 @@ def _parse_weight(raw: str | None, word: str, warnings: list[str]) -> float | No
         warnings.append(f"'{word}^{raw}': weight is not a number, using 1")
         return 1.0
     if not math.isfinite(w) or w < MIN_WEIGHT or w > MAX_WEIGHT:
-        clamped = MIN_WEIGHT if not math.isfinite(w) or w < MIN_WEIGHT else MAX_WEIGHT
-        if math.isnan(w):
-            clamped = 1.0
+        # inf is as large as allowed, -inf as small; nan says nothing, so it weighs as 1
+        clamped = 1.0 if math.isnan(w) else MAX_WEIGHT if w > MAX_WEIGHT else MIN_WEIGHT
         warnings.append(
             f"'{word}^{raw}': weight clamped to {clamped:g} (allowed {MIN_WEIGHT:g}..{MAX_WEIGHT:g})"
         )

@@ -61,6 +61,8 @@ def test_float16_probabilities_are_clipped_in_float64():
         ("red^0.05", 0.1, "'red^0.05': weight clamped to 0.1 (allowed 0.1..10)"),
         ("red^-1", 0.1, "'red^-1': weight clamped to 0.1 (allowed 0.1..10)"),
         ("red^nan", 1.0, "'red^nan': weight clamped to 1 (allowed 0.1..10)"),
+        ("red^inf", 10.0, "'red^inf': weight clamped to 10 (allowed 0.1..10)"),
+        ("red^-inf", 0.1, "'red^-inf': weight clamped to 0.1 (allowed 0.1..10)"),
         ("red^abc", 1.0, "'red^abc': weight is not a number, using 1"),
     ],
 )
