@@ -250,12 +250,16 @@ def _wire(p: _Page) -> None:
                         [p.query, p.image, p.like, p.shown], out, **UI))  # fmt: skip
     for pick in (p.facets, p.suggest):
         shared(pick.input(p.add, [p.query, p.image, p.like, pick, p.mode], out, **UI))
-    typing = p.add_box.input(p.suggestions, p.add_box, p.suggest, trigger_mode="always_last", **hidden)
-    # Enter adds the best completion; a suggestion still on its way must not reappear after it.
+    # Suggestions run in one queue lane, first come first served: Enter adds the best completion,
+    # then asks the (now empty) box for suggestions in that lane, so a suggestion for 'red' still on
+    # its way (the page sends the last keystroke's event once the previous one returns) is answered
+    # before it and cannot reappear after the term was added.
+    lane = {"concurrency_id": "search-suggest", "concurrency_limit": 1}
+    typing = p.add_box.input(p.suggestions, p.add_box, p.suggest, trigger_mode="always_last", **lane, **hidden)
     shared(
         p.add_box.submit(
             p.complete, [p.query, p.image, p.like, p.add_box, p.mode], out, cancels=[typing], **UI
-        )
+        ).then(p.suggestions, p.add_box, p.suggest, **lane, **hidden)
     )
     p.results.select(p.select, p.hits, [p.card, p.heat, p.detail, p.selected], **UI).then(
         None, js=SCROLL_HIT_JS, **UI
