@@ -342,7 +342,9 @@ def heatmap_tab(s: Service) -> gr.Image:
         tiles = gr.Gallery(
             label="side by side", columns=6, height="auto", format="jpeg", elem_id="heatmap-tiles"
         )
-    drawn = gr.State(None)  # the inputs of what is on screen
+        # Inside the tab: a component between two gr.Tab children of gr.Tabs shifts the next tab's
+        # index, and gradio then draws that tab's button twice once it is opened.
+        drawn = gr.State(None)  # the inputs of what is on screen
     inputs, outputs = [image, attr, compare, n, opacity, cmap, drawn], [main, tiles, note, drawn]
     image.change(ui_heatmap, inputs, outputs, **UI)
     for ctl in (attr, compare, cmap):

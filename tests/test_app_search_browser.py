@@ -161,6 +161,9 @@ def test_a_shared_url_brings_the_search_back(browser, app_server, index) -> None
     )
     expect(page.locator("#search-query textarea")).to_have_value("furry, -cat")
     expect(_tiles(page)).to_have_count(min(3, n))
+    # one button per tab once the Search tab is open (a component between two tabs made gradio
+    # draw the Search button twice)
+    expect(page.get_by_role("tab")).to_have_text(["Predict", "Heatmaps", "Search"])
     page.goto(app_server.url + "?like=..%2F..%2Fetc%2Fpasswd", wait_until="domcontentloaded")
     expect(page.locator("#search-notes")).to_contain_text(
         "No results for images like ../../etc/passwd: '../../etc/passwd' is not an image of this index"
