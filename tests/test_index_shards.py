@@ -9,14 +9,13 @@ import io
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_coco_index import PHOTOS, coco  # noqa: F401 - the COCO fixture built with the real default
 from test_index import FakePredictor, folder  # noqa: F401 - the stand-in predictor and its folder
-from test_reliability_crash import ROOT, SAVE_EVERY, _build_cmd, _entries, _env, _kill, clean_index, photos  # noqa: F401
+from test_reliability_crash import ROOT, SAVE_EVERY, _build_cmd, _build_killed_at, _env, clean_index, photos  # noqa: F401
 
 from cocoattr.cli import main
 from cocoattr.index import Index, build_index
@@ -203,15 +202,8 @@ def test_sigkilled_shard_resumes_to_its_rows_of_the_single_build(photos, clean_i
     out = tmp_path / "i.npz"
     part = part_path(out, (0, 2))
     cmd = [*_build_cmd(photos, out), "--shard", "0/2"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(COCOATTR_INDEX_SAVE_EVERY=str(SAVE_EVERY)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and _entries(part) < SAVE_EVERY and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        _kill(proc)
-    assert proc.returncode == -signal.SIGKILL, "the shard finished before it could be killed"
+    code = _build_killed_at(cmd, part, SAVE_EVERY)
+    assert code == -signal.SIGKILL, "the shard finished before it could be killed"
     partial = Index.load(part)
     mine = [p for p in clean_index.paths if shard_of(p, 2) == 0]
     assert not partial.complete and SAVE_EVERY <= len(partial) < len(mine)

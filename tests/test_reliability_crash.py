@@ -49,6 +49,20 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def _build_killed_at(cmd: list[str], out: Path, entries: int) -> int:
+    """Run an `index build` command and SIGKILL it once `out` holds `entries` saved images (or it
+    ends, or 300 s pass); returns its exit code (-SIGKILL when the kill landed)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(COCOATTR_INDEX_SAVE_EVERY=str(SAVE_EVERY)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and _entries(out) < entries and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        _kill(proc)
+    return proc.returncode
+
+
 # ----------------------------------------------------------------------------- (a) index build
 
 
@@ -93,15 +107,8 @@ def _entries(path: Path) -> int:
 def test_killed_index_build_resumes_to_the_same_index(photos, clean_index, tmp_path, seed):
     target = random.Random(seed).randrange(SAVE_EVERY, N_IMAGES - SAVE_EVERY, SAVE_EVERY)
     out = tmp_path / "killed.npz"
-    proc = subprocess.Popen(_build_cmd(photos, out), cwd=ROOT, env=_env(COCOATTR_INDEX_SAVE_EVERY=str(SAVE_EVERY)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and _entries(out) < target and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        _kill(proc)
-    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    code = _build_killed_at(_build_cmd(photos, out), out, target)
+    assert code == -signal.SIGKILL, "the build finished before it could be killed"
 
     partial = Index.load(out)  # whatever was on disk at the kill is a valid, loadable index
     assert not partial.complete and target <= len(partial) < N_IMAGES
