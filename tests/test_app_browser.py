@@ -72,6 +72,19 @@ def page(browser, app_server):
     context.close()
 
 
+
+def grid_columns(page, gallery: str) -> str:
+    """The CSS grid columns a gallery (`#elem-id`) lays its tiles out in, as the browser computed them."""
+    return page.evaluate(
+        f"() => getComputedStyle(document.querySelector('{gallery} .grid-container')).gridTemplateColumns"
+    )
+
+
+def page_width(page) -> int:
+    """How wide the page's content is (wider than the window: it scrolls sideways)."""
+    return page.evaluate("() => document.documentElement.scrollWidth")
+
+
 def test_predict_heatmaps_and_search_in_the_browser(page, app_predictor, app_artifacts) -> None:
     import numpy as np
     from playwright.sync_api import expect
@@ -312,7 +325,7 @@ def test_predict_at_phone_width(browser, app_server, app_artifacts) -> None:
     assert 0 <= summary["y"] - (photo["y"] + photo["height"]) < 60, "right under the photo"
     controls = page.locator("#predict-controls").bounding_box()
     assert controls["y"] > page.locator("#bars-category").bounding_box()["y"], "sliders and examples after"
-    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "nothing scrolls sideways"
+    assert page_width(page) <= 390, "nothing scrolls sideways"
     page.screenshot(path=str(app_artifacts / "app_predict_phone.png"), full_page=True)
     assert not page.errors, page.errors  # type: ignore[attr-defined]
     context.close()
@@ -328,16 +341,14 @@ def test_heatmaps_at_phone_width(browser, app_server, app_artifacts) -> None:
     page.locator("#heatmap-image input[type=file]").set_input_files(str(GALLERY / "gradio_lion.jpg"))
     expect(page.locator("#heatmap-tiles img")).to_have_count(6)
     expect(page.locator("#heatmap-main img")).to_be_visible()
-    columns = page.evaluate(
-        "() => getComputedStyle(document.querySelector('#heatmap-tiles .grid-container')).gridTemplateColumns"
-    )
+    columns = grid_columns(page, "#heatmap-tiles")
     assert len(columns.split()) == 3, columns
     edges = page.evaluate(
         "() => [...document.querySelectorAll('#heatmap-tiles img')].map(i => {"
         " const r = i.getBoundingClientRect(); return [r.left, r.right, r.width]; })"
     )
     assert all(left >= 0 and right <= 390 and width > 80 for left, right, width in edges), edges
-    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "nothing scrolls sideways"
+    assert page_width(page) <= 390, "nothing scrolls sideways"
     page.evaluate("() => window.scrollTo(0, 0)")
     assert page.locator("#heatmap-main").bounding_box()["y"] < 844, "the overlay is on the first screen"
     page.wait_for_timeout(500)  # let the tiles finish fading in

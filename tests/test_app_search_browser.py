@@ -15,7 +15,7 @@ import re
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from test_app_browser import GALLERY, TIMEOUT_MS, browser  # noqa: F401 - the shared browser fixture
+from test_app_browser import GALLERY, TIMEOUT_MS, browser, grid_columns, page_width  # noqa: F401 - the shared browser fixture
 
 from cocoattr.index import Index
 from cocoattr.search import CUTOFF
@@ -180,16 +180,14 @@ def test_search_at_phone_width(browser, app_server, index, app_artifacts) -> Non
     n = _satisfying(index, ["animal"])
     expect(page.locator("#search-notes")).to_contain_text(f"{n} of 36 images satisfy animal")
     expect(_tiles(page)).to_have_count(min(12, n))
-    columns = page.evaluate(
-        "() => getComputedStyle(document.querySelector('#search-results .grid-container')).gridTemplateColumns"
-    )
+    columns = grid_columns(page, "#search-results")
     assert len(columns.split()) == 2, columns
     right = page.evaluate(
         "() => Math.max(...[...document.querySelectorAll('#search-results button img')]"
         ".map(i => i.getBoundingClientRect().right))"
     )
     assert right <= 390, "every tile is on screen (none off to the right)"
-    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "nothing scrolls sideways"
+    assert page_width(page) <= 390, "nothing scrolls sideways"
     row = page.locator("#search-table tbody tr").first
     assert row.bounding_box()["width"] <= 390 and "P(animal)" in row.inner_text(), (
         "rows become labelled cards"
