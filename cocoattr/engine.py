@@ -3,7 +3,7 @@
 One graph per checkpoint: normalised images (B, 3, S, S) -> logits, maps, embedding, the head's
 tokens and the detector's raw per-level class scores and box distributions. What stays beside
 it in torch is small and data-dependent: box decoding, NMS and the per-object head (the image
-head restricted to a box's cells, `InferenceModel._head` on the exported tokens; a few
+head restricted to a box's or a mask's cells, `InferenceModel._head` on the exported tokens; a few
 microseconds per object, so a second graph with a mask input would buy nothing).
 
 The graph is made once per checkpoint and cached by the weights' sha256
@@ -24,6 +24,7 @@ import hashlib
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from torch import nn
 from cocoattr.atomic import atomic_write_bytes
 from cocoattr.detector import NanoDetOutput
 from cocoattr.errors import notice
-from cocoattr.inference import InferenceModel, ObjectsOutput, objects_from
+from cocoattr.inference import InferenceModel, ObjectsOutput, Region, objects_from, region_logits
 from cocoattr.model import AttributeModel, AttributeOutput
 from cocoattr.tfjs import cache_root
 
@@ -213,6 +214,16 @@ class OnnxEngine:
                                  images.shape[-1], score_threshold, max_objects)  # fmt: skip
         return AttributeOutput(out["logits"], maps, out["embedding"]), found
 
+    def with_regions(self, images: torch.Tensor | np.ndarray, regions: Sequence[Sequence[Region]]
+                     ) -> tuple[AttributeOutput, list[torch.Tensor]]:  # fmt: skip
+        """As `InferenceModel.with_regions`: the head restricted to given boxes or masks, in torch
+        on the graph's tokens."""
+        out = {k: torch.from_numpy(v) for k, v in self.run(images).items()}
+        maps = out["maps"]
+        with torch.inference_mode():
+            found = region_logits(self.head, out["tokens"], *maps.shape[-2:], regions)
+        return AttributeOutput(out["logits"], maps, out["embedding"]), found
+
 
 class TorchEngine:
     """The same interface on PyTorch (`InferenceModel`) on another device, e.g. CUDA: inputs
@@ -231,6 +242,11 @@ class TorchEngine:
         o, found = self.head.with_objects(images.to(self.device).contiguous(), score_threshold, max_objects)
         cpu = [ObjectsOutput(*(t.cpu() for t in (f.boxes, f.scores, f.labels, f.logits))) for f in found]
         return AttributeOutput(o.logits.cpu(), o.maps.cpu(), o.embedding.cpu()), cpu
+
+    def with_regions(self, images: torch.Tensor, regions: Sequence[Sequence[Region]]
+                     ) -> tuple[AttributeOutput, list[torch.Tensor]]:  # fmt: skip
+        o, found = self.head.with_regions(images.to(self.device).contiguous(), regions)
+        return AttributeOutput(o.logits.cpu(), o.maps.cpu(), o.embedding.cpu()), [f.cpu() for f in found]
 
 
 def serving_engine(model: AttributeModel, device: str = "cpu", threads: int | None = None

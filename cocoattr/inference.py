@@ -13,8 +13,10 @@ keyed by the tensors' versions), so a model being trained can be served between 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -46,6 +48,51 @@ def box_masks(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     centre = ((y1 + y2) / 2 * h).long().clamp(0, h - 1) * w + ((x1 + x2) / 2 * w).long().clamp(0, w - 1)
     inside[torch.arange(len(boxes), device=boxes.device), centre[:, 0]] = True
     return inside
+
+
+# A region of an image: a box (x1, y1, x2, y2) in [0, 1] of the image, or a binary mask (H, W) in
+# the image's own frame (any resolution: the model sees the whole image squashed to its grid).
+Region = Sequence[float] | np.ndarray | torch.Tensor
+
+
+def region_cells(
+    regions: Sequence[Region], h: int, w: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(K, h*w) bool: the grid cells the head may read for each region, boxes and masks alike.
+    A box keeps `box_masks`' cells. A mask keeps, with the same rule, the cells whose centre
+    lies in the mask, plus the cell under the mask's centroid (as a box keeps its centre's cell)
+    when that cell holds part of the mask, else the cell holding most of it, so a mask smaller
+    than a cell still has one. A rectangle's mask keeps the cells its box keeps."""
+    rows = []
+    for region in regions:
+        r = region.detach().cpu().numpy() if isinstance(region, torch.Tensor) else np.asarray(region)
+        if r.ndim == 1 and r.shape[0] == 4:
+            rows.append(box_masks(torch.as_tensor(r, dtype=torch.float32)[None], h, w)[0])
+        elif r.ndim == 2:
+            rows.append(torch.from_numpy(_mask_cells(r.astype(bool, copy=False), h, w)))
+        else:
+            raise ValueError(f"a region is a box (4,) or a mask (H, W), not an array of shape {r.shape}")
+    if not rows:
+        return torch.zeros((0, h * w), dtype=torch.bool, device=device)
+    return torch.stack(rows).to(device)
+
+
+def _mask_cells(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    big_h, big_w = mask.shape
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        raise ValueError("an empty mask has no cells")
+    # the pixel under each cell's centre, (r + 0.5) / h of the way down
+    inside = mask[
+        np.ix_(((np.arange(h) + 0.5) * big_h / h).astype(int), ((np.arange(w) + 0.5) * big_w / w).astype(int))
+    ]
+    counts = np.bincount((ys * h // big_h) * w + xs * w // big_w, minlength=h * w)
+    cy = min(int((ys.mean() + 0.5) / big_h * h), h - 1)
+    cx = min(int((xs.mean() + 0.5) / big_w * w), w - 1)
+    centre = cy * w + cx if counts[cy * w + cx] else int(counts.argmax())
+    cells = inside.reshape(-1).copy()
+    cells[centre] = True
+    return cells
 
 
 def _weights_key(module: nn.Module) -> tuple:
@@ -119,6 +166,15 @@ class InferenceModel:
         found = objects_from(self, tokens, h, w, detections, images.shape[-1], score_threshold, max_objects)
         return self._head(tokens, h, w), found
 
+    @torch.inference_mode()
+    def with_regions(self, images: torch.Tensor, regions: Sequence[Sequence[Region]]
+                     ) -> tuple[AttributeOutput, list[torch.Tensor]]:  # fmt: skip
+        """The image output plus, per image, the (K_i, A) logits of the head restricted to each of
+        its given regions (`region_cells`: boxes or masks), as `with_objects` does for detected
+        boxes. No detector needed."""
+        tokens, h, w = self._tokens(self.prepared_backbone().parts(images))
+        return self._head(tokens, h, w), region_logits(self, tokens, h, w, regions)
+
     def _tokens(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, int, int]:
         self._refresh()
         b, _, h, w = parts[0].shape
@@ -165,10 +221,31 @@ def objects_from(head: InferenceModel, tokens: torch.Tensor, h: int, w: int, det
     for i in range(len(tokens)):
         d = nms(boxes[i], scores[i], score_threshold, iou_threshold=0.6, max_detections=max_objects)
         rel = d.boxes / size
-        masks = box_masks(rel, h, w)
-        if len(masks):
-            logits = head._head(tokens[i : i + 1].expand(len(masks), -1, -1), h, w, masks).logits
-        else:  # nothing detected: no objects (the head cannot reshape an empty batch)
-            logits = tokens.new_zeros((0, head.model.num_attributes))
-        found.append(ObjectsOutput(rel, d.scores, d.labels, logits))
+        found.append(
+            ObjectsOutput(
+                rel, d.scores, d.labels, _restricted(head, tokens[i : i + 1], h, w, box_masks(rel, h, w))
+            )
+        )
     return found
+
+
+def region_logits(head: InferenceModel, tokens: torch.Tensor, h: int, w: int,
+                  regions: Sequence[Sequence[Region]]) -> list[torch.Tensor]:  # fmt: skip
+    """Per image of `tokens` (B, h*w, d), the (K_i, A) logits of the head restricted to each of
+    `regions[i]` (`region_cells`); the per-object head of `objects_from`, on given regions."""
+    if len(regions) != len(tokens):
+        raise ValueError(f"{len(regions)} region lists for {len(tokens)} images")
+    head._refresh()
+    return [
+        _restricted(head, tokens[i : i + 1], h, w, region_cells(regions[i], h, w, tokens.device))
+        for i in range(len(tokens))
+    ]
+
+
+def _restricted(
+    head: InferenceModel, tokens: torch.Tensor, h: int, w: int, cells: torch.Tensor
+) -> torch.Tensor:
+    """(K, A) logits of one image's (1, h*w, d) tokens through the head restricted to each row of `cells`."""
+    if not len(cells):  # no region: nothing to score (the head cannot reshape an empty batch)
+        return tokens.new_zeros((0, head.model.num_attributes))
+    return head._head(tokens.expand(len(cells), -1, -1), h, w, cells).logits

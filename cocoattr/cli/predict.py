@@ -86,7 +86,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cocoattr.atomic import atomic_write_json
 
     out = writable_file(args.out) if args.out else None
-    if args.heatmaps:
+    if args.objects:
+        result = _evaluate_objects(args)
+    elif args.coco_attributes is not None:
+        raise UserError("--coco-attributes PKL goes with --objects")
+    elif args.heatmaps:
         result = _evaluate_heatmaps(args)
     elif args.coco is not None:
         result = _evaluate_coco(args)
@@ -94,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from cocoattr.evaluation import evaluate_checkpoint, format_table
 
         if args.coconut or args.json or args.limit is not None:
-            raise UserError("--coconut, --json and --limit go with --heatmaps")
+            raise UserError("--coconut, --json and --limit go with --heatmaps or --objects")
         if args.index is not None:
             raise UserError("--index goes with --coco ROOT (the split's index)")
         split = args.split or "all"
@@ -131,6 +135,25 @@ def _evaluate_heatmaps(args: argparse.Namespace) -> dict:
         print()
     else:
         print(format_summary(result))
+    return result
+
+
+def _evaluate_objects(args: argparse.Namespace) -> dict:
+    """`evaluate --objects`: per-object attributes against COCONut's objects or COCO Attributes' patches."""
+    from cocoattr.object_evaluation import evaluate_objects, format_objects_table
+
+    for given, flag in ((args.heatmaps, "--heatmaps"), (args.baseline, "--baseline"), (args.index, "--index"),
+                        (args.split, "--split"), (args.data != "gallery", "--data")):  # fmt: skip
+        if given:
+            raise UserError(f"{flag} does not go with --objects (which reads --coconut FOLDER or "
+                            "--coco-attributes PKL, photos from --coco ROOT)")  # fmt: skip
+    result = evaluate_objects(args.checkpoint, args.coco, coconut=args.coconut, coco_attributes=args.coco_attributes,
+                              limit=args.limit, device=args.device)  # fmt: skip
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_objects_table(result))
     return result
 
 
@@ -188,18 +211,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmaps", action="store_true",
                    help="heatmap faithfulness: mass in mask and pointing game vs a centre Gaussian, on the "
                    "hand-drawn boxes of --data (gallery/boxes.json) or, with --coco, a COCO root's instance masks")  # fmt: skip
+    p.add_argument("--objects", action="store_true",
+                   help="per-object attributes (the head restricted to each object's box and mask, beside the "
+                   "whole image) against --coconut FOLDER's thing segments or --coco-attributes PKL's patches, "
+                   "photos from --coco ROOT: per-object mAP, AUC, precision@1/5")  # fmt: skip
     p.add_argument("--coconut", default=None, metavar="FOLDER",
-                   help="with --heatmaps and --coco ROOT: score against the panoptic segments of a downloaded "
-                   "COCONut repo (e.g. ROOT/coconut/relabeled_coco_val), photos from --coco")  # fmt: skip
+                   help="with --heatmaps or --objects and --coco ROOT: score against the panoptic segments of a "
+                   "downloaded COCONut repo (e.g. ROOT/coconut/relabeled_coco_val), photos from --coco")  # fmt: skip
+    p.add_argument("--coco-attributes", default=None, metavar="PKL",
+                   help="with --objects and --coco ROOT (holding the 2014 instances and images): score against "
+                   "a COCO Attributes pickle's per-object labels")  # fmt: skip
     p.add_argument("--coco", default=None, metavar="ROOT",
                    help="a COCO root (the --root of `data download`): retrieval of the category attributes on "
                    "--split against its instance annotations (with --heatmaps: its instance masks)")  # fmt: skip
     p.add_argument("--index", default=None, help="with --coco: the split's index file, built or updated "
                    "first (default: one under checkpoints/ per split folder)")  # fmt: skip
     p.add_argument(
-        "--limit", type=positive_int, default=None, help="with --heatmaps: score the first N images"
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="with --heatmaps or --objects: score the first N images",
     )
-    p.add_argument("--json", action="store_true", help="with --heatmaps: print the summary as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="with --heatmaps or --objects: print the summary as JSON"
+    )
     p.add_argument(
         "--baseline", action="store_true", help="also score the class-posterior-averaging baseline"
     )

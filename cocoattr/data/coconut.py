@@ -12,6 +12,8 @@ categories onto the vocabulary; the rules are:
 - negative: an attribute listed under `exhaustive` with no segment of its categories and none of
   the categories in its `unless` list (which may hide it), in an image whose void is at most
   `MAX_VOID` (20 %) of its pixels; its `also` attributes are ruled out with it (no person: no man);
+- per object (`coconut_objects`, the thing segments): the same rules on the segment's own pixels
+  (`object_labels`);
 - unknown (-1, masked out of the loss like every unknown in `cocoattr.data.datasets`): the rest,
   including an attribute whose segments are there but smaller than `MIN_AREA`.
 
@@ -218,8 +220,7 @@ def coconut_masks(
     """{attribute: (H, W) bool} for every attribute a segment of this row `implies`: the union of
     those segments' pixels (a heatmap's ground truth region). `row` is a parquet row dict."""
     mapping = mapping or load_mapping(vocab)
-    mask = row["mask"]
-    ids = segment_ids(mask["bytes"] if isinstance(mask, Mapping) else mask)
+    ids = _mask_ids(row)
     out: dict[str, np.ndarray] = {}
     for seg in parse_row(row).segments:
         category = mapping.categories.get(seg.category_id)
@@ -242,6 +243,59 @@ def iter_masks(
         path = image_path(images, image, str(folder))
         if path.is_file():
             yield image, path, coconut_masks(row, mapping)
+
+
+def _mask_ids(row: Mapping) -> np.ndarray:
+    mask = row["mask"]
+    return segment_ids(mask["bytes"] if isinstance(mask, Mapping) else mask)
+
+
+@dataclass(frozen=True)
+class CoconutObject:
+    """One thing segment of a row: an object with its own pixels and labels (`object_labels`)."""
+
+    segment: Segment
+    category: Category
+    mask: np.ndarray  # (H, W) bool, in the panoptic PNG's (= the photo's) frame
+    labels: np.ndarray  # (A,) int8
+
+
+def object_labels(category: Category, vocab: Vocabulary, mapping: CoconutMapping) -> np.ndarray:
+    """(A,) int8 labels of one object of `category`, by `image_labels`' rules on its own pixels:
+    a segment is one category, so what the category `implies` (spread by the vocabulary, except
+    to exhaustive attributes) is positive, and an exhaustive attribute it does not imply is
+    ruled out (with its `also`) unless the category is in that attribute's `unless` list
+    (a car may be a truck). `context` says nothing about the object: it is left out."""
+    labels = np.full(len(vocab), -1, dtype=np.int8)
+    own = set(category.implies)
+    for name in vocab.closure(own) - set(mapping.exhaustive):
+        labels[vocab.index(name)] = 1
+    for name, rule in mapping.exhaustive.items():
+        if name in own:
+            labels[vocab.index(name)] = 1
+        elif category.id not in rule.unless:
+            labels[vocab.index(name)] = 0
+            for other in rule.also:
+                labels[vocab.index(other)] = 0
+    return labels
+
+
+def coconut_objects(
+    row: Mapping, vocab: Vocabulary, mapping: CoconutMapping | None = None
+) -> list[CoconutObject]:
+    """The objects of a parquet row: its thing segments (stuff is scene, not an object; crowd
+    segments are several objects at once) that have pixels in the PNG."""
+    mapping = mapping or load_mapping(vocab)
+    ids = _mask_ids(row)
+    out = []
+    for seg in parse_row(row).segments:
+        category = mapping.categories.get(seg.category_id)
+        if category is None or not category.isthing or seg.iscrowd:
+            continue
+        pixels = ids == seg.id
+        if pixels.any():
+            out.append(CoconutObject(seg, category, pixels, object_labels(category, vocab, mapping)))
+    return out
 
 
 # ----------------------------------------------------------------------------- labels
