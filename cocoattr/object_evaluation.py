@@ -43,7 +43,6 @@ from cocoattr.errors import UserError
 from cocoattr.evaluation import _exif_rotated
 from cocoattr.images import load_image
 from cocoattr.predictor import Predictor
-from cocoattr.transforms import normalize, resize_rgb
 from cocoattr.vocab import Vocabulary, load_vocabulary
 
 REGIONS = ("image", "box", "mask")  # the columns of the table, in this order
@@ -193,7 +192,7 @@ def score_objects(predictor: Predictor, targets: list[ObjectTarget], vocab: Voca
         images += 1
         masks = masks and all(o.mask is not None for o in objects)
         regions = [o.box for o in objects] + [o.mask for o in objects if o.mask is not None]
-        x = normalize(resize_rgb(image, predictor.size)[None], predictor.mean, predictor.std)
+        x = predictor.preprocess([image])
         out, found = predictor.engine.with_regions(x, [regions])
         probs = torch.sigmoid(found[0]).numpy()
         k = len(objects)

@@ -108,10 +108,8 @@ def predictor(default_checkpoint):
 
 def _regions(predictor, regions):
     from cocoattr.images import load_image
-    from cocoattr.transforms import normalize, resize_rgb
 
-    image = load_image(GALLERY / MASTIFF)
-    x = normalize(resize_rgb(image, predictor.size)[None], predictor.mean, predictor.std)
+    x = predictor.preprocess([load_image(GALLERY / MASTIFF)])
     out, found = predictor.engine.with_regions(x, [regions])
     return x, out, found[0]
 
