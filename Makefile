@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-weights.txt
 default: $(DEFAULT_CKPT)
 
 # The files zeroshot.RECIPE_FILES hashes: the default is rebuilt when one of them changes.
-$(DEFAULT_CKPT): cocoattr/zeroshot.py cocoattr/model.py cocoattr/backbones.py cocoattr/features.py cocoattr/detector.py cocoattr/tfjs.py cocoattr/vocab/attributes.json cocoattr/vocab/coco80.json | $(STAMP)
+$(DEFAULT_CKPT): cocoattr/zeroshot.py cocoattr/model.py cocoattr/backbones.py cocoattr/features.py cocoattr/detector.py cocoattr/tfjs.py cocoattr/vocab/attributes.json cocoattr/vocab/coco80.json cocoattr/vocab/default_calibration.json | $(STAMP)
 	$(PY) -m cocoattr build-default
 
 index: $(GALLERY_INDEX)
