@@ -237,7 +237,8 @@ METRIC_NAMES = {
     "best_epoch": "best epoch",
     "epochs_run": "epochs run",
 }
-METRIC_SETS = {"gallery": "the bundled gallery", "val": "validation", "test": "test", "train": "training"}
+METRIC_SETS = {"gallery": "the bundled gallery", "heldout": "the gallery, held out (k-fold calibration)",
+               "val": "validation", "test": "test", "train": "training"}  # fmt: skip
 
 
 def metric_label(key: str) -> tuple[str, str]:

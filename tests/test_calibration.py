@@ -78,8 +78,8 @@ def test_the_file_records_the_held_out_figures():
     cal = default_calibration()
     held, types_only = cal["held_out"], cal["held_out_types_only"]
     assert cal["folds"] >= 2 and cal["shrinkage"] > 0
-    for key in ("per_image_auc", "precision_at_5", "precision_at_5_non_colour"):
+    for key in ("mean_per_image_auc", "precision_at_5", "precision_at_5_non_colour"):
         assert 0 < held[key] <= 1
-    assert held["per_image_auc"] > types_only["per_image_auc"]  # the offsets earn their place held out
+    assert held["mean_per_image_auc"] > types_only["mean_per_image_auc"]  # the offsets earn their place held out
     assert all(len(v) == 3 and all(np.isfinite(v)) for v in cal["offsets"].values())
     assert torch.tensor(list(cal["offsets"].values())).abs().max() < 10  # shrunk, not free

@@ -112,7 +112,7 @@ def scores(z: np.ndarray, labels: np.ndarray, types: np.ndarray, names: list[str
     person = names.index("person")
     found = 1 / (1 + np.exp(-z[:, person])) >= 0.5
     return {
-        "per_image_auc": round(metrics.mean_per_image_auc(z, labels), 4),
+        "mean_per_image_auc": round(metrics.mean_per_image_auc(z, labels), 4),
         "precision_at_5": round(top["precision_at_5"], 4),
         "precision_at_5_non_colour": round(top["precision_at_5_non_colour"], 4),
         "person_found": f"{int(found[labels[:, person] == 1].sum())} of {int((labels[:, person] == 1).sum())}",
