@@ -131,8 +131,8 @@ def format_table(result: dict) -> str:
 def gallery_metrics(model: AttributeModel) -> dict[str, float]:
     """Summary metrics on the bundled gallery's hand labels, for the default's model card and the app.
 
-    The gallery also fitted the default's 24 calibration numbers (train/calibrate_default.py),
-    which mAP does not depend on; the card says so."""
+    The gallery also fitted the default's calibration (train/calibrate_default.py), so these are
+    in-sample for it; the card gives the k-fold held-out figures beside them."""
     paths, labels, _ = load_eval_set("gallery", "all")
     result = metrics.evaluate(
         score_images(Predictor(model), paths), labels, model.attributes, model.attribute_types

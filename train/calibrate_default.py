@@ -108,6 +108,10 @@ def logits(w: np.ndarray, attn: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 def scores(z: np.ndarray, labels: np.ndarray, types: np.ndarray, names: list[str]) -> dict:
+    """Per-image figures of held-out (or in-sample) logits. No mAP: it ranks each attribute across
+    images, and stitched folds each carry their own offsets (a fold holding an attribute's positives
+    was fitted with fewer of them), which scrambles that ranking; a per-attribute bias cannot change
+    it in the shipped model."""
     top = metrics.precision_at_k_report(z, labels, types, k=5)
     person = names.index("person")
     found = 1 / (1 + np.exp(-z[:, person])) >= 0.5
@@ -115,6 +119,7 @@ def scores(z: np.ndarray, labels: np.ndarray, types: np.ndarray, names: list[str
         "mean_per_image_auc": round(metrics.mean_per_image_auc(z, labels), 4),
         "precision_at_5": round(top["precision_at_5"], 4),
         "precision_at_5_non_colour": round(top["precision_at_5_non_colour"], 4),
+        "colours_in_top_5": round(top["colours_in_top_5"], 2),
         "person_found": f"{int(found[labels[:, person] == 1].sum())} of {int((labels[:, person] == 1).sum())}",
         "person_false": int(found[labels[:, person] == 0].sum()),
     }
