@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cocoattr import metrics
 from cocoattr.data.coco import coco_paths, image_records, load_coco
@@ -30,7 +29,7 @@ from cocoattr.faithfulness import (
     summarise,
 )
 from cocoattr.features import FeatureGrid
-from cocoattr.images import load_image
+from cocoattr.images import exif_rotated, load_image
 from cocoattr.model import AttributeModel
 from cocoattr.predictor import Predictor
 from cocoattr.vocab import Vocabulary, load_vocabulary
@@ -181,22 +180,13 @@ def coco_heatmap_targets(root: str | os.PathLike, split: str, vocab: Vocabulary,
                 by_attr.setdefault(attr, []).append(ann)
         if not by_attr or min(size) <= 0:
             continue
-        if _exif_rotated(rec.path):
+        if exif_rotated(rec.path):
             rotated += 1
             continue
         targets.append(HeatmapTarget(rec.path, size, partial(_union_of_instances, by_attr, size)))
         if limit is not None and len(targets) >= limit:
             break
     return targets, {"images_not_on_disk": skipped.count, "images_exif_rotated": rotated}
-
-
-def _exif_rotated(path: Path) -> bool:
-    """Whether a photo's EXIF orientation turns or mirrors it (reads the header only)."""
-    try:
-        with Image.open(path) as im:
-            return im.getexif().get(0x0112, 1) not in (0, 1)
-    except (OSError, ValueError, SyntaxError):
-        return False  # a broken file is reported when the model reads it
 
 
 def _union_of_instances(by_attr: dict[str, list[dict]], size: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -231,7 +221,7 @@ def coconut_heatmap_targets(folder: str | os.PathLike, images: str | os.PathLike
         if not path.is_file():
             missing += 1
             continue
-        if _exif_rotated(path):
+        if exif_rotated(path):
             rotated += 1
             continue
         targets.append(HeatmapTarget(path, (image.width, image.height), partial(coconut_masks, row, mapping)))

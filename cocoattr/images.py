@@ -170,6 +170,16 @@ def path_inside(root: str | os.PathLike, name: object, source: str, what: str = 
     return Path(root) / text
 
 
+def exif_rotated(path: str | os.PathLike) -> bool:
+    """Whether a photo's EXIF orientation turns or mirrors it (reads the header only): `load_image`
+    applies it, so annotations drawn in the stored frame (COCO masks, boxes) no longer fit."""
+    try:
+        with Image.open(path) as im:
+            return im.getexif().get(0x0112, 1) not in (0, 1)
+    except (OSError, ValueError, SyntaxError):
+        return False  # a broken file is reported when the model reads it
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under `folder` (recursive, sorted): the unit every batch job walks."""
     root = Path(folder)

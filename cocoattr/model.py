@@ -173,23 +173,30 @@ class AttributeModel(
     def queries(self) -> torch.Tensor:
         return self.query_encoder(self.text_embeddings)  # (A, d)
 
-    def forward_head(self, grid: torch.Tensor) -> AttributeOutput:
-        """Head only, from a (B, C, h, w) feature grid: what the training feature cache feeds."""
+    def forward_head(self, grid: torch.Tensor, cells: torch.Tensor | None = None) -> AttributeOutput:
+        """Head only, from a (B, C, h, w) feature grid: what the training feature cache feeds.
+        `cells` (B, h*w) bool restricts attention and pooling to one region per image (an
+        object's box or mask, `inference.region_cells`): the per-object path, trainable."""
         b, _, h, w = grid.shape
         tokens = self.token_proj(grid.flatten(2).transpose(1, 2))
         if tokens.shape[1] == self.pos_embed.shape[1]:
             tokens = tokens + self.pos_embed
         q = self.queries().unsqueeze(0).expand(b, -1, -1)
-        attended, weights = self.attn(q, tokens, tokens, need_weights=True, average_attn_weights=True)
-        pooled = tokens.mean(1)
+        ignore = None if cells is None or bool(cells.all()) else ~cells
+        attended, weights = self.attn(q, tokens, tokens, key_padding_mask=ignore, need_weights=True,
+                                      average_attn_weights=True)  # fmt: skip
+        if ignore is None:
+            pooled = tokens.mean(1)
+        else:
+            pooled = (tokens * cells[..., None]).sum(1) / cells.sum(1, keepdim=True).clamp_min(1)
         logits = (
             (self.dropout(attended) * self.cls_weight).sum(-1) + pooled @ self.cls_global.T + self.cls_bias
         )
         embedding = F.normalize(self.image_proj(pooled), dim=-1)
         return AttributeOutput(logits=logits, maps=weights.reshape(b, -1, h, w), embedding=embedding)
 
-    def forward(self, images: torch.Tensor) -> AttributeOutput:
-        return self.forward_head(self.backbone(images))
+    def forward(self, images: torch.Tensor, cells: torch.Tensor | None = None) -> AttributeOutput:
+        return self.forward_head(self.backbone(images), cells)
 
     def embed_attribute_sets(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, A) {0,1} -> (B, D): the text side of the contrastive head (mean of member embeddings)."""

@@ -40,8 +40,7 @@ from cocoattr.data.coconut import (
 )
 from cocoattr.data.datasets import Sample, cocottributes_samples
 from cocoattr.errors import UserError
-from cocoattr.evaluation import _exif_rotated
-from cocoattr.images import load_image
+from cocoattr.images import exif_rotated, load_image
 from cocoattr.predictor import Predictor
 from cocoattr.vocab import Vocabulary, load_vocabulary
 
@@ -97,7 +96,7 @@ def coconut_object_targets(folder: str | os.PathLike, images: str | os.PathLike 
         reason = (
             "images_without_objects" if not any(s.category_id in things and not s.iscrowd for s in image.segments)
             else "images_not_on_disk" if not path.is_file()
-            else "images_exif_rotated" if _exif_rotated(path)
+            else "images_exif_rotated" if exif_rotated(path)
             else None
         )  # fmt: skip
         if reason:
@@ -112,9 +111,8 @@ def coconut_object_targets(folder: str | os.PathLike, images: str | os.PathLike 
 def _coconut_objects(row: dict, vocab: Vocabulary, mapping: CoconutMapping) -> list[GroundTruthObject]:
     out = []
     for o in coconut_objects(row, vocab, mapping):
-        ys, xs = np.nonzero(o.mask)
-        h, w = o.mask.shape
-        box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
+        (x, y, bw, bh), (h, w) = o.box, o.mask.shape
+        box = (x / w, y / h, (x + bw) / w, (y + bh) / h)
         out.append(GroundTruthObject(o.category.name, tuple(float(v) for v in box), o.mask, o.labels))
     return out
 
@@ -146,7 +144,7 @@ def cocottributes_object_targets(pickle_path: str | os.PathLike, coco: str | os.
             unlabelled += 1
     targets, rotated = [], 0
     for path, patches in by_path.items():
-        if _exif_rotated(path):
+        if exif_rotated(path):
             rotated += 1
             continue
         targets.append(ObjectTarget(path, partial(_patch_objects, path, patches)))

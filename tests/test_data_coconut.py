@@ -289,7 +289,8 @@ def test_train_labels_coconut_alone_and_with_captions(data_root, tmp_path) -> No
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [({"source": "coconut", "train_labels": "coconut"}, "coconut has coconut or coconut+captions labels"),
+    [({"source": "coconut", "train_labels": "coconut"}, "coconut has coconut, coconut+captions or "
+      "coconut-objects labels"),
      ({"source": "coco_captions", "train_labels": "coconut", "eval_labels": "captions"}, "need 'data.source': coconut"),
      ({"source": "coconut", "train_labels": "masks", "eval_labels": "coconut"}, "'data.train_labels': must be one of")],
 )  # fmt: skip

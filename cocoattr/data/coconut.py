@@ -49,7 +49,7 @@ from cocoattr.data.captions import CaptionMiner
 from cocoattr.data.coco import SkipReport
 from cocoattr.data.datasets import Sample
 from cocoattr.errors import UserError
-from cocoattr.images import path_inside
+from cocoattr.images import exif_rotated, path_inside
 from cocoattr.vocab import Vocabulary, load_vocabulary
 
 MIN_AREA = 0.01  # fraction of the image a positive's segments must cover
@@ -259,6 +259,12 @@ class CoconutObject:
     mask: np.ndarray  # (H, W) bool, in the panoptic PNG's (= the photo's) frame
     labels: np.ndarray  # (A,) int8
 
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """COCO (x, y, w, h) in pixels: the mask's bounding box."""
+        ys, xs = np.nonzero(self.mask)
+        return float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)
+
 
 def object_labels(category: Category, vocab: Vocabulary, mapping: CoconutMapping) -> np.ndarray:
     """(A,) int8 labels of one object of `category`, by `image_labels`' rules on its own pixels:
@@ -378,6 +384,38 @@ def coconut_samples(
             f"(looked for e.g. {report.skipped['missing image files'][0]}); download them or fix the path"
         )
     return dense, merged, report
+
+
+def coconut_object_samples(
+    folder: Path, images: Path, vocab: Vocabulary | None = None, *, check_files: bool = True
+) -> tuple[list[Sample], SkipReport]:
+    """One sample per thing segment (`coconut_objects`): its labels, its box and its mask as COCO
+    RLE, for per-object training (`data.objects: region` reads the mask, `crop` crops the box).
+    Rows whose photo is missing, or EXIF-rotated (the masks are in the stored frame), are skipped
+    and reported; masks are decoded one row at a time."""
+    from pycocotools import mask as rle
+
+    vocab = vocab or load_vocabulary()
+    mapping = load_mapping(vocab)
+    report = SkipReport(str(folder))
+    out = []
+    for k, row in enumerate(iter_rows(folder)):
+        try:
+            image = parse_row(row)
+        except (KeyError, TypeError, ValueError) as e:
+            report.add("malformed rows", f"row {k} ({type(e).__name__}: {e})")
+            continue
+        path = image_path(images, image, str(folder))
+        if check_files and not path.is_file():
+            report.add("missing image files", path)
+            continue
+        if check_files and exif_rotated(path):
+            report.add("EXIF-rotated images (masks in the stored frame)", path)
+            continue
+        for obj in coconut_objects(row, vocab, mapping):
+            encoded = rle.encode(np.asfortranarray(obj.mask, dtype=np.uint8))
+            out.append(Sample(image.image_id, path, obj.labels, obj.box, "coconut-objects", encoded))
+    return out, report
 
 
 # ----------------------------------------------------------------------------- coverage

@@ -41,13 +41,15 @@ class Sample:
     labels: np.ndarray  # (A,) int8: 1 positive, 0 negative, -1 unknown
     box: tuple[float, float, float, float] | None = None  # COCO (x, y, w, h); None = whole image
     source: str = ""
+    mask: dict | None = None  # the object's pixels as COCO RLE (pycocotools), where a segment gives them
 
 
 class AttributeDataset(Dataset):
     """Yields (transform(image or crop), labels float32 (A,), known_mask bool (A,)).
 
     `labels` is 1.0 for positives and 0.0 for negatives and unknowns; `known_mask` is False for
-    unknowns so the loss can ignore them.
+    unknowns so the loss can ignore them. An object sample (with a box) is its box cropped with
+    `context`, unless `whole`: then the whole photo, for a head restricted to the object's region.
     """
 
     def __init__(
@@ -56,10 +58,12 @@ class AttributeDataset(Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         *,
         context: float = 0.2,
+        whole: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.context = context
+        self.whole = whole
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -68,7 +72,7 @@ class AttributeDataset(Dataset):
         """The PIL image (cropped with context for boxes) before the transform."""
         s = self.samples[index]
         image = load_image(s.path)
-        return crop_with_context(image, s.box, self.context) if s.box is not None else image
+        return crop_with_context(image, s.box, self.context) if s.box is not None and not self.whole else image
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = self.samples[index].labels

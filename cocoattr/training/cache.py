@@ -28,22 +28,25 @@ from cocoattr.training.distributed import Dist, barrier
 
 
 class GridDataset(Dataset):
-    """Cached (C, h, w) float16 grids with their labels: what the head trains on."""
+    """Cached (C, h, w) float16 grids with their labels: what the head trains on. Yields
+    (grid, targets, known, cells). With `cells` (`data.objects: region`) several objects share
+    their photo's grid (`rows[i]`: sample i's row of `grids`) and the head reads only their cells."""
 
-    def __init__(self, grids: np.ndarray, samples: Sequence[Sample]) -> None:
+    def __init__(self, grids: np.ndarray, samples: Sequence[Sample], rows: Sequence[int] | None = None,
+                 cells: torch.Tensor | None = None) -> None:  # fmt: skip
         self.grids, self.samples = grids, list(samples)
+        self.rows = list(range(len(self.samples))) if rows is None else list(rows)
+        self.cells = cells
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = self.samples[index].labels
-        return (
-            torch.from_numpy(np.asarray(self.grids[index], dtype=np.float32)),
-            torch.from_numpy((labels == 1).astype(np.float32)),
-            torch.from_numpy(labels != -1),
-        )
+        grid = torch.from_numpy(np.asarray(self.grids[self.rows[index]], dtype=np.float32))
+        cells = self.cells[index] if self.cells is not None else torch.ones(grid[0].numel(), dtype=torch.bool)
+        return grid, torch.from_numpy((labels == 1).astype(np.float32)), torch.from_numpy(labels != -1), cells
 
 
 def _backbone_key(model: AttributeModel, samples: Sequence[Sample]) -> str:

@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cocoattr.data.gallery import GALLERY_SPLIT, GALLERY_SPLIT_SEED
 from cocoattr.errors import UserError
 
-Labels = Literal["hand", "captions", "coconut", "coconut+captions"]
-COCONUT_LABELS = ("coconut", "coconut+captions")  # dense panoptic labels, alone or filled in by captions
+Labels = Literal["hand", "captions", "coconut", "coconut+captions", "coconut-objects"]
+# dense panoptic labels per image, alone or filled in by captions; or per thing segment (an object)
+COCONUT_LABELS = ("coconut", "coconut+captions", "coconut-objects")
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
@@ -44,9 +45,16 @@ class DataConfig(BaseModel):
         "gallery", description="one of gallery, coco_captions, coco_attributes, coconut"
     )
     root: str | None = _text(None, "a folder name or null")  # gallery: None = the bundled one
-    train_labels: Labels = Field("captions", description="one of hand, captions, coconut, coconut+captions")
+    train_labels: Labels = Field(
+        "captions", description="one of hand, captions, coconut, coconut+captions, coconut-objects"
+    )
     # labels scored on val/test
-    eval_labels: Labels = Field("hand", description="one of hand, captions, coconut, coconut+captions")
+    eval_labels: Labels = Field(
+        "hand", description="one of hand, captions, coconut, coconut+captions, coconut-objects"
+    )
+    # How an object sample (COCO Attributes box, COCONut segment) reaches the model: its box cropped
+    # with context, or the whole photo with the head restricted to its box or mask (`predict --objects`).
+    objects: Literal["crop", "region"] = Field("crop", description="one of crop, region")
     split: list[float] = Field(
         default_factory=lambda: list(GALLERY_SPLIT),
         description="three fractions (train, val, test), each >= 0, summing to 1",
@@ -84,7 +92,8 @@ class DataConfig(BaseModel):
             raise ValueError("'data.train_labels'/'data.eval_labels': coco_attributes has hand labels only")
         if self.source == "coconut" and any(x not in COCONUT_LABELS for x in both):
             raise ValueError(
-                "'data.train_labels'/'data.eval_labels': coconut has coconut or coconut+captions labels"
+                "'data.train_labels'/'data.eval_labels': coconut has coconut, coconut+captions or "
+                "coconut-objects labels"
             )
         if self.source != "coconut" and any(x in COCONUT_LABELS for x in both):
             raise ValueError(

@@ -56,12 +56,19 @@ def _coco_samples(data: DataConfig) -> list[Sample]:
 
 
 def _coconut_samples(data: DataConfig) -> dict[str, list[Sample]]:
-    """{'coconut': dense labels, 'coconut+captions': the same filled in by mined captions (if asked)}."""
+    """{'coconut': dense labels, 'coconut+captions': the same filled in by mined captions (if asked),
+    'coconut-objects': one sample per thing segment (if asked)}."""
     from cocoattr.data.captions import CaptionMiner
     from cocoattr.data.coco import captions_by_image, load_coco
-    from cocoattr.data.coconut import coconut_samples
+    from cocoattr.data.coconut import coconut_object_samples, coconut_samples
 
     root = Path(data.root or ".").expanduser()
+    objects: list[Sample] = []
+    if "coconut-objects" in (data.train_labels, data.eval_labels):
+        objects, report = coconut_object_samples(root / data.coconut, root / data.coconut_images)
+        print(f"cocoattr: {len(objects)} COCONut objects; {report.summary()}", file=sys.stderr)
+        if {data.train_labels, data.eval_labels} == {"coconut-objects"}:
+            return {"coconut-objects": objects}
     captions = None
     if "coconut+captions" in (data.train_labels, data.eval_labels):
         captions = captions_by_image(load_coco(root / data.captions_json, "captions"))
@@ -70,7 +77,7 @@ def _coconut_samples(data: DataConfig) -> dict[str, list[Sample]]:
         miner=CaptionMiner(min_votes=data.min_votes),
     )  # fmt: skip
     print(f"cocoattr: {len(dense)} COCONut samples; {report.summary()}", file=sys.stderr)
-    return {"coconut": dense, "coconut+captions": merged or []}
+    return {"coconut": dense, "coconut+captions": merged or [], "coconut-objects": objects}
 
 
 def _by_image_split(samples: list[Sample], data: DataConfig) -> dict[str, list[Sample]]:
@@ -124,22 +131,82 @@ def augment(image: Any, rng: np.random.Generator) -> Any:
     return image.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else image
 
 
+# ------------------------------------------------------------------ object regions (data.objects: region)
+
+
+def sample_region(sample: Sample, size: tuple[int, int], mirrored: bool = False) -> np.ndarray | None:
+    """The object's region as `inference.region_cells` reads it: its mask where the sample has
+    one (COCO RLE), else its box relative to the photo's `size` (w, h); None for a whole image.
+    `mirrored`: the region in the left-right mirrored photo."""
+    if sample.mask is not None:
+        from pycocotools import mask as rle
+
+        mask = rle.decode(sample.mask).astype(bool)
+        return np.ascontiguousarray(mask[:, ::-1]) if mirrored else mask
+    if sample.box is None:
+        return None
+    x, y, w, h = sample.box
+    x0, x1 = x / size[0], (x + w) / size[0]
+    x0, x1 = (1 - x1, 1 - x0) if mirrored else (x0, x1)
+    return np.array([x0, y / size[1], x1, (y + h) / size[1]], np.float32)
+
+
+def photo_size(sample: Sample) -> tuple[int, int]:
+    """(w, h) of the sample's photo: from its mask's RLE, else the file header (no decode)."""
+    if sample.mask is not None:
+        h, w = sample.mask["size"]
+        return int(w), int(h)
+    from PIL import Image
+
+    with Image.open(sample.path) as im:
+        return im.size
+
+
+def sample_cells(samples: Sequence[Sample], grid: tuple[int, int], mirrored: bool = False) -> torch.Tensor:
+    """(N, h*w) bool: the grid cells each sample's head reads (every cell for a whole image).
+    Mirrored regions get their own cells: a mask's cells (sampled at pixel centres) are not
+    exactly the mirror of the unmirrored ones."""
+    from cocoattr.inference import region_cells
+
+    h, w = grid
+    rows = []
+    for s in samples:
+        region = sample_region(s, photo_size(s), mirrored) if (s.box is not None or s.mask is not None) else None
+        rows.append(torch.ones(h * w, dtype=torch.bool) if region is None else region_cells([region], h, w)[0])
+    return torch.stack(rows) if rows else torch.zeros((0, h * w), dtype=torch.bool)
+
+
 class ImageDataset(AttributeDataset):
-    """AttributeDataset whose augmentation of item i in epoch e depends only on (seed, e, i)."""
+    """AttributeDataset whose augmentation of item i in epoch e depends only on (seed, e, i).
+    Yields (image, targets, known, cells): with `cells` (N, h*w) given (`data.objects: region`),
+    each object sample is the whole photo and the head reads only its cells; augmentation is
+    then a mirror only, so the region stays where the cells say. Else cells are all True."""
 
-    def __init__(self, samples: Sequence[Sample], transform: Preprocess, train: bool, seed: int) -> None:
-        super().__init__(samples, transform)
+    def __init__(self, samples: Sequence[Sample], transform: Preprocess, train: bool, seed: int,
+                 cells: torch.Tensor | None = None, grid: tuple[int, int] = (1, 1)) -> None:  # fmt: skip
+        super().__init__(samples, transform, whole=cells is not None)
         self.train, self.seed, self.epoch = train, seed, 0
+        self.cells, self.grid = cells, grid
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = self.samples[index].labels
         image = self.image(index)
-        if self.train:
-            image = augment(image, np.random.default_rng([self.seed, self.epoch, index]))
+        if self.cells is None:
+            cells = torch.ones(self.grid[0] * self.grid[1], dtype=torch.bool)
+            if self.train:
+                image = augment(image, np.random.default_rng([self.seed, self.epoch, index]))
+        else:
+            cells = self.cells[index]
+            if self.train and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
+                from PIL import Image
+
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+                cells = sample_cells(self.samples[index : index + 1], self.grid, mirrored=True)[0]
         return (
             self.transform(image),
             torch.from_numpy((labels == 1).astype(np.float32)),
             torch.from_numpy(labels != -1),
+            cells,
         )
 
 

@@ -17,7 +17,7 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from cocoattr.data.splits import SPLITS
 from cocoattr.model import AttributeModel
 from cocoattr.training.cache import GridDataset, cached_grids
 from cocoattr.training.config import TrainConfig, dump_config
-from cocoattr.training.data import ImageDataset, Preprocess, label_matrix, load_splits
+from cocoattr.training.data import ImageDataset, Preprocess, label_matrix, load_splits, sample_cells
 from cocoattr.training.distributed import Dist, StopFlag, all_reduce_sum, barrier, setup_distributed, teardown
 from cocoattr.training.model import TrainStep, build_model, label_loss, lr_at, make_optimizer, set_trainable
 from cocoattr.training.report import write_history, write_report
@@ -117,21 +117,33 @@ def prepare(cfg: TrainConfig, run_dir: Path) -> Run:
 
 def make_datasets(cfg: TrainConfig, model: AttributeModel, splits: dict[str, list[Sample]], run_dir: Path,
                   d: Dist, cached: bool) -> dict[str, Dataset]:  # fmt: skip
-    """Per split with samples: cached backbone grids, or images (augmented for train if asked)."""
+    """Per split with samples: cached backbone grids, or images (augmented for train if asked).
+    With `data.objects: region`, object samples keep their whole photo and carry the grid cells
+    of their box or mask (`sample_cells`); cached, the objects of one photo share its grid."""
+    regions = cfg.data.objects == "region"
+    cells = {s: sample_cells(splits[s], model.grid) if regions else None for s in SPLITS if splits[s]}
     if cached:
         cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else run_dir / "cache"
-        return {
-            s: GridDataset(
-                cached_grids(model, splits[s], cache_dir, d, cfg.eval_batch_size, cfg.num_workers, s),
-                splits[s],
-            )
-            for s in SPLITS
-            if splits[s]
-        }
+        out: dict[str, Dataset] = {}
+        for s in cells:
+            photos, rows = _photos(splits[s]) if regions else (splits[s], None)
+            grids = cached_grids(model, photos, cache_dir, d, cfg.eval_batch_size, cfg.num_workers, s)
+            out[s] = GridDataset(grids, splits[s], rows, cells[s])
+        return out
     pre = Preprocess(model)
-    return {
-        s: ImageDataset(splits[s], pre, s == "train" and cfg.augment, cfg.seed) for s in SPLITS if splits[s]
-    }
+    return {s: ImageDataset(splits[s], pre, s == "train" and cfg.augment, cfg.seed, cells[s], model.grid)
+            for s in cells}  # fmt: skip
+
+
+def _photos(samples: list[Sample]) -> tuple[list[Sample], list[int]]:
+    """(one whole-photo sample per distinct photo, each sample's index into them)."""
+    first: dict[Path, int] = {}
+    photos: list[Sample] = []
+    for x in samples:
+        if x.path not in first:
+            first[x.path] = len(photos)
+            photos.append(replace(x, box=None, mask=None))
+    return photos, [first[x.path] for x in samples]
 
 
 def _scaler(run: Run) -> torch.amp.GradScaler:
@@ -198,9 +210,9 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> bool:
     model.train()
     model.backbone.eval()  # BatchNorm statistics stay ImageNet's even when fine-tuning
     bar = tqdm(loader, desc=f"epoch {state.epoch}/{cfg.epochs}", disable=not d.main, leave=False)
-    for x, targets, known in bar:
+    for x, targets, known, cells in bar:
         lr = lr_at(state.step, run.total_steps, run.warmup_steps, cfg.lr)
-        loss, label_part = train_step(run, state, x, targets, known, lr)
+        loss, label_part = train_step(run, state, x, targets, known, cells, lr)
         state.step += 1
         state.batch_in_epoch += 1
         state.loss_sum += loss
@@ -215,18 +227,18 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> bool:
 
 
 def train_step(run: Run, state: TrainState, x: torch.Tensor, targets: torch.Tensor, known: torch.Tensor,
-               lr: float) -> tuple[float, float]:  # fmt: skip
+               cells: torch.Tensor, lr: float) -> tuple[float, float]:  # fmt: skip
     """One optimizer step; returns (loss, its label part)."""
     cfg, d, optimizer, scaler = run.cfg, run.d, state.optimizer, state.scaler
     for group in optimizer.param_groups:
         group["lr"] = lr
-    x, targets, known = x.to(d.device), targets.to(d.device), known.to(d.device)
+    x, targets, known, cells = x.to(d.device), targets.to(d.device), known.to(d.device), cells.to(d.device)
     labels3 = torch.where(known, targets, torch.full_like(targets, -1.0))
     # Normalise the label loss by the GLOBAL weight count, so 2 ranks == 1 process.
     weight = all_reduce_sum(d, known.float().sum() + (~known).float().sum() * cfg.unknown_weight)
     amp = run.amp_dtype is not None
     with torch.autocast("cuda", dtype=run.amp_dtype) if amp else contextlib.nullcontext():
-        logits, contrastive = run.step_module(x, labels3)
+        logits, contrastive = run.step_module(x, labels3, cells)
     labels_part = label_loss(logits, targets, known, cfg) * d.world / weight.clamp_min(1.0)
     loss = labels_part + cfg.contrastive_weight * contrastive.float()
     optimizer.zero_grad(set_to_none=True)
@@ -283,8 +295,9 @@ def predict_scores(
     mine = list(range(d.rank, len(dataset), d.world))
     loader = DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size)
     parts = []
-    for x, _, _ in loader:
-        out = model.forward_head(x.to(d.device)) if cached else model(x.to(d.device))
+    for x, _, _, cells in loader:
+        x, cells = x.to(d.device), cells.to(d.device)
+        out = model.forward_head(x, cells) if cached else model(x, cells)
         parts.append(out.probs.float().cpu().numpy())
     scores = np.concatenate(parts) if parts else np.zeros((0, model.num_attributes), np.float32)
     if d.enabled:
@@ -351,7 +364,9 @@ def finish(run: Run, state: TrainState) -> dict:
 
 def card_text(cfg: TrainConfig, result: dict) -> str:
     """The model card's training section."""
-    labels = {"captions": "caption-mined (weak, noisy) labels", "hand": "hand labels"}
+    labels = {"captions": "caption-mined (weak, noisy) labels", "hand": "hand labels",
+              "coconut": "COCONut panoptic labels", "coconut+captions": "COCONut labels filled in by captions",
+              "coconut-objects": "COCONut object (thing segment) labels"}  # fmt: skip
     return (
         "## Training\n\n"
         f"- Data: {cfg.data.source}; trained on {result['n_train']} samples with "
@@ -361,7 +376,16 @@ def card_text(cfg: TrainConfig, result: dict) -> str:
         f"loss {cfg.loss}, lr {cfg.lr}, batch {cfg.batch_size}, "
         f"{'frozen backbone + feature cache' if cfg.feature_cache else f'stages {cfg.finetune_stages}'}.\n"
         "- Per-attribute thresholds tuned on validation are in `metrics.json` (`thresholds`).\n"
+        + (f"- Objects: {OBJECT_VIEWS[cfg.data.objects]}.\n" if _has_objects(cfg) else "")
     )
+
+
+OBJECT_VIEWS = {"crop": "each object's box cropped with context",
+                "region": "the whole photo, the head restricted to each object's mask or box cells"}  # fmt: skip
+
+
+def _has_objects(cfg: TrainConfig) -> bool:
+    return cfg.data.source == "coco_attributes" or "coconut-objects" in (cfg.data.train_labels, cfg.data.eval_labels)
 
 
 def _fmt(value: float | None) -> str:

@@ -85,8 +85,9 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model, self.cached = model, cached
 
-    def forward(self, x: torch.Tensor, labels3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.forward_head(x) if self.cached else self.model(x)
+    def forward(self, x: torch.Tensor, labels3: torch.Tensor, cells: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        out = self.model.forward_head(x, cells) if self.cached else self.model(x, cells)
         return out.logits, self.model.contrastive_loss(out, labels3)
 
 
