@@ -205,29 +205,18 @@ def coconut_heatmap_targets(folder: str | os.PathLike, images: str | os.PathLike
     is under `images` (a COCO root: val2017/, train2017/): the regions are the panoptic segments'
     pixels, things and stuff (sky, grass, water ...), as the mapping's `implies` names them. The
     PNG stays encoded until its image is scored. EXIF-rotated photos are left out as for COCO."""
-    from cocoattr.data.coconut import coconut_masks, image_path, iter_rows, load_mapping, parse_row
+    from cocoattr.data.coconut import coconut_masks, load_mapping, photo_rows
 
     folder, images = Path(folder).expanduser(), Path(images).expanduser()
     if not images.is_dir():
         raise UserError(f"--coco {images}: no such folder (the COCO root holding val2017/ for --coconut)")
     mapping = load_mapping(vocab)
-    targets, missing, rotated = [], 0, 0
-    for row in iter_rows(folder):
-        try:
-            image = parse_row(row)
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{folder}: a malformed COCONut row ({type(e).__name__}: {e})") from None
-        path = image_path(images, image, str(folder))
-        if not path.is_file():
-            missing += 1
-            continue
-        if exif_rotated(path):
-            rotated += 1
-            continue
+    targets, left_out = [], {}
+    for row, image, path in photo_rows(folder, images, left_out):
         targets.append(HeatmapTarget(path, (image.width, image.height), partial(coconut_masks, row, mapping)))
         if limit is not None and len(targets) >= limit:
             break
-    return targets, {"images_not_on_disk": missing, "images_exif_rotated": rotated}
+    return targets, left_out
 
 
 def gallery_heatmap_targets(vocab: Vocabulary, data: str = "gallery") -> list[HeatmapTarget]:

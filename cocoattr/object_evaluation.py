@@ -30,14 +30,7 @@ from PIL import Image
 
 from cocoattr import metrics
 from cocoattr.data.coco import coco_paths
-from cocoattr.data.coconut import (
-    CoconutMapping,
-    coconut_objects,
-    image_path,
-    iter_rows,
-    load_mapping,
-    parse_row,
-)
+from cocoattr.data.coconut import CoconutMapping, coconut_objects, load_mapping, photo_rows
 from cocoattr.data.datasets import Sample, cocottributes_samples
 from cocoattr.errors import UserError
 from cocoattr.images import exif_rotated, load_image
@@ -87,20 +80,9 @@ def coconut_object_targets(folder: str | os.PathLike, images: str | os.PathLike 
     mapping = load_mapping(vocab)
     things = {c.id for c in mapping.categories.values() if c.isthing}
     targets, left_out = [], {"images_not_on_disk": 0, "images_exif_rotated": 0, "images_without_objects": 0}
-    for row in iter_rows(folder):
-        try:
-            image = parse_row(row)
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{folder}: a malformed COCONut row ({type(e).__name__}: {e})") from None
-        path = image_path(root, image, str(folder))
-        reason = (
-            "images_without_objects" if not any(s.category_id in things and not s.iscrowd for s in image.segments)
-            else "images_not_on_disk" if not path.is_file()
-            else "images_exif_rotated" if exif_rotated(path)
-            else None
-        )  # fmt: skip
-        if reason:
-            left_out[reason] += 1
+    for row, image, path in photo_rows(folder, root, left_out):
+        if not any(s.category_id in things and not s.iscrowd for s in image.segments):
+            left_out["images_without_objects"] += 1
             continue
         targets.append(ObjectTarget(path, partial(_coconut_objects, row, vocab, mapping)))
         if limit is not None and len(targets) >= limit:

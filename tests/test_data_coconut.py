@@ -522,16 +522,18 @@ def test_coconut_b_float_areas_read_the_same(rows, vocab) -> None:
     assert (image_labels(parse_row(as_float), vocab, mapping) == a).all() and (a == 1).sum() > 5
 
 
-def test_iter_masks_gives_regions_the_size_of_each_photo(data_root, vocab) -> None:
-    seen = {}
-    for image, path, masks in coconut.iter_masks(
-        data_root / "coconut" / "relabeled_coco_val", data_root / "coco"
-    ):
+def test_photo_rows_give_masks_the_size_of_each_photo(data_root, vocab) -> None:
+    seen, left_out = {}, {}
+    mapping = coconut.load_mapping(vocab)
+    for row, image, path in coconut.photo_rows(data_root / "coconut" / "relabeled_coco_val", data_root / "coco",
+                                               left_out):  # fmt: skip
+        masks = coconut.coconut_masks(row, mapping)
         w, h = Image.open(path).size
         assert all(m.shape == (h, w) for m in masks.values()) and (image.width, image.height) == (w, h)
         seen[image.image_id] = sorted(masks)
     assert seen == {139: ["building", "grass", "person", "plant", "sky", "trees"],
                     285: ["cup", "furniture"], 724: ["boat", "flower", "plant", "vehicle"]}  # fmt: skip
+    assert left_out == {"images_not_on_disk": 1, "images_exif_rotated": 0}  # 999's photo is not there
 
 
 def test_a_mapping_naming_unknown_attributes_is_one_line(tmp_path, vocab) -> None:

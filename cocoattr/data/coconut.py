@@ -232,17 +232,30 @@ def coconut_masks(
     return out
 
 
-def iter_masks(
-    folder: Path, images: Path, mapping: CoconutMapping | None = None, vocab: Vocabulary | None = None
-) -> Iterator[tuple[CoconutImage, Path, dict[str, np.ndarray]]]:
-    """(image, its photo, `coconut_masks`) for every row whose photo is under `images`, one row
-    decoded at a time: the ground truth regions a heatmap is scored against."""
-    mapping = mapping or load_mapping(vocab)
-    for row in iter_rows(folder):
-        image = parse_row(row)
+def photo_rows(
+    folder: Path, images: Path, left_out: dict[str, int], malformed: SkipReport | None = None
+) -> Iterator[tuple[dict, CoconutImage, Path]]:
+    """(row, image, its photo) for each row of `folder` whose photo is under `images`, one row in
+    memory at a time (the PNG still encoded): what heatmap scoring, object scoring and object
+    training walk. Rows whose photo is missing, or EXIF-rotated (`load_image` turns the photo,
+    the masks stay in the stored frame), are counted in `left_out` (images_not_on_disk,
+    images_exif_rotated). A malformed row is a UserError, or skipped into `malformed` if given."""
+    for key in ("images_not_on_disk", "images_exif_rotated"):
+        left_out.setdefault(key, 0)
+    for k, row in enumerate(iter_rows(folder)):
+        try:
+            image = parse_row(row)
+        except (KeyError, TypeError, ValueError) as e:
+            if malformed is None:
+                raise UserError(f"{folder}: a malformed COCONut row ({type(e).__name__}: {e})") from None
+            malformed.add("malformed rows", f"row {k} ({type(e).__name__}: {e})")
+            continue
         path = image_path(images, image, str(folder))
-        if path.is_file():
-            yield image, path, coconut_masks(row, mapping)
+        reason = "images_not_on_disk" if not path.is_file() else "images_exif_rotated" if exif_rotated(path) else None
+        if reason:
+            left_out[reason] += 1
+            continue
+        yield row, image, path
 
 
 def _mask_ids(row: Mapping) -> np.ndarray:
@@ -387,7 +400,7 @@ def coconut_samples(
 
 
 def coconut_object_samples(
-    folder: Path, images: Path, vocab: Vocabulary | None = None, *, check_files: bool = True
+    folder: Path, images: Path, vocab: Vocabulary | None = None
 ) -> tuple[list[Sample], SkipReport]:
     """One sample per thing segment (`coconut_objects`): its labels, its box and its mask as COCO
     RLE, for per-object training (`data.objects: region` reads the mask, `crop` crops the box).
@@ -397,24 +410,15 @@ def coconut_object_samples(
 
     vocab = vocab or load_vocabulary()
     mapping = load_mapping(vocab)
-    report = SkipReport(str(folder))
+    report, left_out = SkipReport(str(folder)), {}
     out = []
-    for k, row in enumerate(iter_rows(folder)):
-        try:
-            image = parse_row(row)
-        except (KeyError, TypeError, ValueError) as e:
-            report.add("malformed rows", f"row {k} ({type(e).__name__}: {e})")
-            continue
-        path = image_path(images, image, str(folder))
-        if check_files and not path.is_file():
-            report.add("missing image files", path)
-            continue
-        if check_files and exif_rotated(path):
-            report.add("EXIF-rotated images (masks in the stored frame)", path)
-            continue
+    for row, image, path in photo_rows(folder, images, left_out, malformed=report):
         for obj in coconut_objects(row, vocab, mapping):
             encoded = rle.encode(np.asfortranarray(obj.mask, dtype=np.uint8))
             out.append(Sample(image.image_id, path, obj.labels, obj.box, "coconut-objects", encoded))
+    for reason, n in left_out.items():
+        if n:
+            report.add(reason.replace("_", " "), f"{n} rows")
     return out, report
 
 
