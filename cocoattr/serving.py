@@ -237,13 +237,14 @@ METRIC_NAMES = {
     "best_epoch": "best epoch",
     "epochs_run": "epochs run",
 }
-METRIC_SETS = {"gallery": "the bundled gallery", "heldout": "the gallery, held out (k-fold calibration)",
+METRIC_SETS = {"gallery": "the bundled gallery (in-sample: it fitted the calibration)",
+               "heldout": "the gallery, held out (k-fold calibration)",
                "val": "validation", "test": "test", "train": "training"}  # fmt: skip
 
 
 def metric_label(key: str) -> tuple[str, str]:
     """(what, measured on) for a metrics.json key: 'gallery_precision_at_5' ->
-    ('precision of the top 5 attributes', 'the bundled gallery'); unknown keys read as words."""
+    ('precision of the top 5 attributes', 'the bundled gallery (in-sample: ...)'); unknown keys read as words."""
     where, _, rest = key.partition("_")
     if where in METRIC_SETS and rest:
         return metric_label(rest)[0], METRIC_SETS[where]

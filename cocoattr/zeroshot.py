@@ -88,10 +88,11 @@ SCENE_EVIDENCE = {
     "single": {"object_cover": 1.0}, "close-up": {"object_cover": 1.0},
 }  # fmt: skip  # mean-pooled only: they describe the whole image
 DESCRIPTION = (
-    "Embedded zero-shot default: an ImageNet MobileNetV2 with attribute knowledge derived from "
-    "text (ImageNet class names and WordNet glosses matched to the vocabulary with MiniLM and "
-    "keywords) plus fixed colour-name channels. It was trained on no attribute data; use a "
-    "trained checkpoint for real accuracy."
+    "Embedded zero-shot default: an ImageNet MobileNetV2 and a COCO-80 NanoDet detector, with "
+    "attribute knowledge derived from text (ImageNet class names and WordNet glosses matched to "
+    "the vocabulary with MiniLM and keywords, a hand-written COCO-category table), fixed "
+    "colour-name and scene channels, and a calibration fitted on the 36 gallery photos. It was "
+    "trained on no attribute data; use a trained checkpoint for real accuracy."
 )
 
 

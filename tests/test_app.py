@@ -295,7 +295,11 @@ def test_about_shows_no_server_path_and_names_metrics(app_predictor, tmp_path) -
     assert "3 images from the folder `photos`" in text and str(tmp_path) not in text
     assert serving.metric_label("gallery_precision_at_5") == (
         "precision of the top 5 attributes",
-        "the bundled gallery",
+        "the bundled gallery (in-sample: it fitted the calibration)",
+    )
+    assert serving.metric_label("heldout_mean_per_image_auc") == (
+        "mean per-image AUC",
+        "the gallery, held out (k-fold calibration)",
     )
     assert serving.metric_label("val_mAP") == ("mean average precision (mAP)", "validation")
     assert serving.metric_label("n_train") == ("images", "training")
