@@ -91,7 +91,7 @@ DESCRIPTION = (
     "Embedded zero-shot default: an ImageNet MobileNetV2 and a COCO-80 NanoDet detector, with "
     "attribute knowledge derived from text (ImageNet class names and WordNet glosses matched to "
     "the vocabulary with MiniLM and keywords, a hand-written COCO-category table), fixed "
-    "colour-name and scene channels, and a calibration fitted on the 36 gallery photos. It was "
+    "colour-name and scene channels, and a calibration fitted on the bundled gallery. It was "
     "trained on no attribute data; use a trained checkpoint for real accuracy."
 )
 
@@ -358,8 +358,8 @@ def card_extra() -> str:
     return (
         "## What this is\n\nA zero-shot model: no attribute labels were used to build its evidence. "
         "It is the fallback the app and CLI use offline, and a starting point for training (same "
-        "architecture and format). Training data: none. The metrics above are on the 36 "
-        "hand-labelled photos of the bundled gallery, which also fitted its calibration (24 per-type "
+        "architecture and format). Training data: none. The metrics above are on the "
+        f"{cal['images']} hand-labelled photos of the bundled gallery, which also fitted its calibration (24 per-type "
         f"numbers and per-attribute offsets shrunk with L2 weight {cal['shrinkage']}), so they are "
         f"in-sample. Scored {cal['folds']}-fold by image instead (each photo scored by a calibration "
         f"fitted on the others): per-image AUC {held['mean_per_image_auc']:.3f}, precision@5 "

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cocoattr.data.gallery import load_gallery
 from cocoattr.hub import load_folder
 from cocoattr.zeroshot import GLOBAL_ATTRIBUTES, KNOBS, build_model, default_calibration
 
@@ -78,6 +79,7 @@ def test_the_file_records_the_held_out_figures():
     cal = default_calibration()
     held, types_only = cal["held_out"], cal["held_out_types_only"]
     assert cal["folds"] >= 2 and cal["shrinkage"] > 0
+    assert cal["images"] == len(load_gallery())  # refitted whenever the gallery changes
     for key in ("mean_per_image_auc", "precision_at_5", "precision_at_5_non_colour"):
         assert 0 < held[key] <= 1
     assert held["mean_per_image_auc"] > types_only["mean_per_image_auc"]  # the offsets earn their place held out

@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             "(do not edit by hand). held_out: the same fit scored k-fold by image.",
             "shrinkage": args.shrinkage,
             "folds": FOLDS,
+            "images": len(paths),
             "held_out": scores(k_fold(attn, mean, labels, base, args.shrinkage), labels, types, names),
             "held_out_types_only": scores(rows["type triples only (shipped KNOBS)"][0], labels, types, names),
             "offsets": {n: [round(float(v), 3) for v in offsets[j]] for j, n in enumerate(names)
