@@ -6,7 +6,7 @@ from cocoattr.data.splits import rank_split
 
 
 def _exact_counts(n: int) -> dict[str, int]:
-    """50/25/25 of n images, rounded, the rest to test (36 images: 18/9/9; 42: 21/10/11)."""
+    """50/25/25 of n images, rounded, the rest to test (36 images: 18/9/9; 46: 23/12/11)."""
     train, val = round(0.5 * n), round(0.25 * n)
     return {"train": train, "val": val, "test": n - train - val}
 
