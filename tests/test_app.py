@@ -16,6 +16,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image
 
 from cocoattr import viz
+from cocoattr.data.gallery import load_gallery
 
 APP_GALLERY = Path(__file__).resolve().parent.parent / "cocoattr" / "gallery" / "images"
 CHELSEA = APP_GALLERY / "skimage_chelsea.jpg"
@@ -272,7 +273,7 @@ def test_about_names_the_zero_shot_default(app_predictor, app_server) -> None:
     text = serving.about_text(app_predictor, Index.load(app_server.index_file))
     assert "/" not in text.split("**Checkpoint:**")[1].split("\n")[0]  # no server path for visitors
     assert f"{app_predictor.model.kind} model" in text
-    assert f"{len(app_predictor.attributes)} attributes in 8 types" in text and "36 images" in text
+    assert f"{len(app_predictor.attributes)} attributes in 8 types" in text and f"{len(load_gallery())} images" in text
     if app_predictor.model.kind == "zero-shot":
         assert text.count("zero-shot** model") == 1 and text.count("real accuracy") == 1, "one notice"
     metrics, _ = serving.read_metrics(Path(app_predictor.model.source))
