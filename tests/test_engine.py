@@ -34,8 +34,8 @@ def test_engine_equals_pytorch_on_gallery_photos(default_model):
     torch_engine = TorchEngine(default_model, "cpu")
     for start in (0, 4):
         chunk = paths[start : start + 4]
-        x = predictor.preprocess([load_image(p, min_side=2 * predictor.size) for p in chunk])
-        want, found = torch_engine.with_objects(x)
+        pixels = predictor.pixels([load_image(p, min_side=2 * predictor.size) for p in chunk])
+        want, found = torch_engine.with_objects(pixels)
         mine = got[start : start + len(chunk)]
         for key, tol in (("probs", 1e-4), ("maps", 1e-5), ("embedding", 1e-5)):
             diff = np.abs(np.stack([getattr(p, key) for p in mine]) - getattr(want, key).numpy()).max()
@@ -72,18 +72,18 @@ def test_the_graph_is_cached_by_weights_hash_and_a_stale_folder_graph_is_ignored
 
 def test_the_engine_runs_with_the_threads_asked_for(random_model):
     e = OnnxEngine(random_model(), threads=1)
-    out = e.run(torch.zeros(2, 3, 96, 96))
+    out = e.run(np.zeros((2, 96, 96, 3), np.uint8))
     assert out["logits"].shape == (2, 4) and e.session.get_session_options().intra_op_num_threads == 1
 
 
 def test_a_weight_changed_in_place_is_exported_again(random_model):
     model = random_model()
     e = OnnxEngine(model)
-    x = torch.randn(1, 3, 96, 96)
-    before = e(x).logits
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 96, 96, 3), np.uint8)
+    before = e(pixels).logits
     with torch.no_grad():
         model.cls_bias.add_(1.0)
-    after = e(x).logits
+    after = e(pixels).logits
     with torch.no_grad():
-        want = model(x).logits
+        want = model(TorchEngine(model, "cpu").normalized(pixels)).logits
     assert torch.allclose(after, want, atol=1e-5) and not torch.allclose(before, after)
