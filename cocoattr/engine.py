@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from cocoattr.atomic import atomic_write_bytes
-from cocoattr.detector import NanoDetOutput
+from cocoattr.detector import MEAN_BGR, STD_BGR, NanoDetOutput
 from cocoattr.errors import notice
 from cocoattr.inference import InferenceModel, ObjectsOutput, Region, objects_from, region_logits
 from cocoattr.model import AttributeModel, AttributeOutput
@@ -68,7 +68,14 @@ class ServingGraph(nn.Module):
         super().__init__()
         self.model, self.head = model.eval(), InferenceModel(model)
         self.scale, self.shift = pixel_constants(model)
+        self.det_mean, self.det_std = (torch.tensor(c).view(1, 3, 1, 1) for c in (MEAN_BGR, STD_BGR))
         self.eval()  # the exporter restores the wrapper's mode afterwards, recursively: keep it eval
+
+    def _detector_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The detector's input straight from the pixels, as upstream NanoDet makes it (BGR,
+        0..255 mean/std: `detector.preprocess`), not from the backbone's normalised batch as
+        `FeatureGrid.detect` does: the same values up to rounding, two passes over the batch fewer."""
+        return (pixels.permute(0, 3, 1, 2).float().flip(1) - self.det_mean) / self.det_std
 
     def output_names(self) -> list[str]:
         levels = len(self.model.backbone.detector.strides) if self.model.backbone.detector else 0
@@ -77,7 +84,7 @@ class ServingGraph(nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = normalize_pixels(pixels, self.scale, self.shift)
         grid = self.model.backbone
-        detections = grid.detect(x) if grid.detector is not None else None
+        detections = grid.detector(self._detector_input(pixels)) if grid.detector is not None else None
         tokens, h, w = self.head._tokens(grid.parts(x, detections))
         o = self.head._head(tokens, h, w)
         extra = [*detections.scores, *detections.distributions] if detections is not None else []
