@@ -21,6 +21,7 @@ hand-written torch rewrites for those are gone (bench/README.md has the figures)
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import io
@@ -68,14 +69,18 @@ class ServingGraph(nn.Module):
         super().__init__()
         self.model, self.head = model.eval(), InferenceModel(model)
         self.scale, self.shift = pixel_constants(model)
-        self.det_mean, self.det_std = (torch.tensor(c).view(1, 3, 1, 1) for c in (MEAN_BGR, STD_BGR))
+        # upstream's BGR constants in RGB order, and a detector copy whose first convolution reads
+        # RGB (its weights' input channels reversed): the same sums, no reversed copy of the batch
+        self.det_mean, self.det_std = (torch.tensor(c[::-1]).view(1, 3, 1, 1) for c in (MEAN_BGR, STD_BGR))
+        self.detector = _reading_rgb(model.backbone.detector) if model.backbone.detector is not None else None
         self.eval()  # the exporter restores the wrapper's mode afterwards, recursively: keep it eval
 
     def _detector_input(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The detector's input straight from the pixels, as upstream NanoDet makes it (BGR,
-        0..255 mean/std: `detector.preprocess`), not from the backbone's normalised batch as
-        `FeatureGrid.detect` does: the same values up to rounding, two passes over the batch fewer."""
-        return (pixels.permute(0, 3, 1, 2).float().flip(1) - self.det_mean) / self.det_std
+        """The detector's input straight from the pixels with upstream NanoDet's 0..255 mean/std
+        (`detector.preprocess`), in RGB order for `_reading_rgb`, not from the backbone's
+        normalised batch as `FeatureGrid.detect` does: the same values up to rounding, three
+        passes over the batch fewer."""
+        return (pixels.permute(0, 3, 1, 2).float() - self.det_mean) / self.det_std
 
     def output_names(self) -> list[str]:
         levels = len(self.model.backbone.detector.strides) if self.model.backbone.detector else 0
@@ -84,11 +89,21 @@ class ServingGraph(nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = normalize_pixels(pixels, self.scale, self.shift)
         grid = self.model.backbone
-        detections = grid.detector(self._detector_input(pixels)) if grid.detector is not None else None
+        detections = self.detector(self._detector_input(pixels)) if self.detector is not None else None
         tokens, h, w = self.head._tokens(grid.parts(x, detections))
         o = self.head._head(tokens, h, w)
         extra = [*detections.scores, *detections.distributions] if detections is not None else []
         return (o.logits, o.maps, o.embedding, tokens, *extra)
+
+
+def _reading_rgb(detector: nn.Module) -> nn.Module:
+    """A copy of the NanoDet detector that takes RGB instead of BGR: its first convolution's
+    weights with the input channels reversed (conv(flip(x), W) = conv(x, flip(W)) exactly)."""
+    rgb = copy.deepcopy(detector).eval()
+    first = rgb.conv_layers()[0][1]
+    with torch.no_grad():
+        first.weight.copy_(first.weight.flip(1))
+    return rgb
 
 
 def export_onnx(model: AttributeModel, f: str | os.PathLike | io.BytesIO, weights_sha256: str = "") -> None:
