@@ -150,7 +150,7 @@ def bodies_session(model, threads: int):  # noqa: ANN001, ANN201
 
     import onnxruntime as ort
 
-    from cocoattr.engine import SPINNING
+    from cocoattr.engine import session_options
 
     buffer = io.BytesIO()
     x = torch.zeros(2, 3, model.image_size, model.image_size)
@@ -158,11 +158,7 @@ def bodies_session(model, threads: int):  # noqa: ANN001, ANN201
         torch.onnx.export(_Bodies(model.backbone), (x,), buffer, input_names=["images"], opset_version=17,
                           dynamic_axes={"images": {0: "batch"}}, dynamo=False)  # fmt: skip
     model.eval()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
-    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(buffer.getvalue(), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def _predict_batch(pred, bodies, files: list[Path], batch: int, quick: bool, eager_predict) -> dict:  # noqa: ANN001

@@ -204,6 +204,20 @@ def _in_memory(model: AttributeModel, key: tuple) -> bytes:
     return _exported[key]
 
 
+def session_options(threads: int):  # noqa: ANN201 - an onnxruntime.SessionOptions
+    """The engine's onnxruntime settings (the bench's reference sessions use them too)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle intra-op threads sleep instead of spinning: spinning took the cores from the decode
+    # threads and torch's box decoding between runs (bench/README.md)
+    options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
+    return options
+
+
 class OnnxEngine:
     """`InferenceModel`'s interface (`__call__`, `with_objects`) on onnxruntime's CPU provider."""
 
@@ -212,21 +226,24 @@ class OnnxEngine:
         self.threads = threads or os.cpu_count() or 1
         self.head = InferenceModel(model)  # the masked per-object head, on the graph's tokens
         self._key: tuple | None = None
+        self._tensors: list[torch.Tensor] = []
+        self._versions: tuple[int, ...] = ()
 
     def _session(self):  # noqa: ANN202 - an onnxruntime.InferenceSession
+        # Weights changed in place (a model being trained) bump their tensors' versions: only
+        # then is the full key (which walks the module tree, ~1 ms: a twentieth of a batch-1
+        # run) worth computing. A parameter replaced by a new tensor needs a new OnnxEngine.
+        if self._key is not None and tuple(t._version for t in self._tensors) == self._versions:
+            return self.session
         key = _weights_key(self.model)
-        if key != self._key:  # weights changed in place (a model being trained): export again
+        self._tensors = [*self.model.parameters(), *self.model.buffers()]
+        self._versions = tuple(t._version for t in self._tensors)
+        if key != self._key:  # weights changed in place: export again
             import onnxruntime as ort
 
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # idle intra-op threads sleep instead of spinning: spinning took the cores from the
-            # decode threads and torch's box decoding between runs (bench/README.md)
-            options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
             path = onnx_file(self.model) if self._key is None else None
             source = str(path) if path is not None else _in_memory(self.model, key)
+            options = session_options(self.threads)
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
             self.outputs = [o.name for o in self.session.get_outputs()]
             self._key = key
