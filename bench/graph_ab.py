@@ -1,5 +1,6 @@
 """A/B of the serving graph (issue #17): predict as it was at REV (its graph, exported by its own
-code, fed the normalised float batch as it was: torch.addcmul + NCHW copy) against predict here
+code, fed the normalised float batch as it was: torch.addcmul + NCHW copy, and the walk over the
+model's tensors that its engine made on every call) against predict here
 (uint8 pixels into the graph), each paired with onnxruntime running the bare CNN bodies, in one
 process, interleaved in a shuffled order, medians. Decode and resize are today's code in both.
 
@@ -69,7 +70,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from cocoattr.allocator import tune_malloc
-    from cocoattr.engine import session_options
+    from cocoattr.engine import _weights_key, session_options
     from cocoattr.images import load_image
     from cocoattr.predictor import Predictor
     from cocoattr.transforms import normalize
@@ -91,6 +92,7 @@ def main() -> None:
     shift = torch.from_numpy((-pred.mean / pred.std).astype(np.float32)).view(1, 3, 1, 1)
 
     def old_predict(paths: list) -> list:
+        _weights_key(pred.model)  # the engine walked the model's tensors on every call
         x = torch.addcmul(shift, torch.from_numpy(pred.load_pixels(paths)).permute(0, 3, 1, 2).float(), scale)
         out = dict(zip(names, old.run(None, {"images": np.ascontiguousarray(x.numpy())}), strict=True))
         probs = torch.sigmoid(torch.from_numpy(out["logits"])).numpy()
