@@ -8,10 +8,10 @@ it in torch is small and data-dependent: box decoding, NMS and the per-object he
 head restricted to a box's or a mask's cells, `InferenceModel._head` on the exported tokens; a few
 microseconds per object, so a second graph with a mask input would buy nothing).
 
-The graph is made once per checkpoint and cached by the weights' sha256
-(`model.weights_sha256`, set by `hub.load_folder`) under `cache_root()/onnx/<sha>.onnx`; a
-checkpoint folder's own `model.onnx` (written by `push`) is used first when the hash recorded in
-it matches the weights, and ignored with one notice when it does not. Models that were not
+The graph is made once per checkpoint and cached by the weights' sha256 (`model.weights_sha256`,
+set by `hub.load_folder`) and the graph version under `cache_root()/onnx/<sha>-<version>.onnx`;
+a checkpoint folder's own `model.onnx` (written by `push`) is used first when the hash recorded
+in it matches the weights, and ignored with one notice when it does not. Models that were not
 loaded from a folder (being trained, built in tests) are exported in memory, never cached.
 Exported with the TorchScript exporter (`dynamo=False`): torch 2.14's default, the dynamo
 exporter, needs onnxscript, and the TorchScript one gives a plain graph with a dynamic batch axis.
@@ -179,7 +179,9 @@ def onnx_file(model: AttributeModel) -> Path | None:
         if str(shipped) not in _ignored_notices:
             _ignored_notices.add(str(shipped))
             notice(f"{shipped}: made for other weights or an older graph; ignored (using the cache)")
-    cached = cache_root() / "onnx" / f"{sha}.onnx"
+    # the graph version in the name too: code of another version (a second worktree or install
+    # sharing the cache) keeps its own file instead of replacing this one between check and load
+    cached = cache_root() / "onnx" / f"{sha}-{graph_version()}.onnx"
     if not onnx_is_for(cached, sha):
         export_onnx(model, cached, sha)
     return cached

@@ -60,7 +60,7 @@ def test_the_graph_is_cached_by_weights_hash_and_a_stale_folder_graph_is_ignored
     model.weights_sha256, model.source = "ab" * 32, str(tmp_path)
     engine.export_onnx(model, tmp_path / "model.onnx", "cd" * 32)  # made for other weights
     path = onnx_file(model)
-    assert path == tmp_path / "cache" / "onnx" / f"{'ab' * 32}.onnx"
+    assert path == tmp_path / "cache" / "onnx" / f"{'ab' * 32}-{engine.graph_version()}.onnx"
     meta = read_metadata(path)
     assert meta[engine.META_SHA] == "ab" * 32 and meta[engine.META_OPSET] == str(engine.OPSET)
     onnx_file(model)
@@ -68,6 +68,20 @@ def test_the_graph_is_cached_by_weights_hash_and_a_stale_folder_graph_is_ignored
     engine.export_onnx(model, tmp_path / "model.onnx", "ab" * 32)
     assert onnx_file(model) == tmp_path / "model.onnx"  # a valid shipped graph comes first
     assert not model.training  # exporting never leaves the model in training mode
+
+
+def test_code_of_another_graph_version_keeps_its_own_cache_file(random_model, tmp_path, monkeypatch):
+    """Two versions of the code sharing a cache (two worktrees) must not replace each other's
+    graph between one's check and its load."""
+    monkeypatch.setenv("COCOATTR_CACHE", str(tmp_path / "cache"))
+    model = random_model()
+    model.weights_sha256 = "ab" * 32
+    monkeypatch.setattr(engine, "graph_version", lambda: "old")
+    old = onnx_file(model)
+    monkeypatch.setattr(engine, "graph_version", lambda: "new")
+    new = onnx_file(model)
+    assert old != new and read_metadata(old)[engine.META_VERSION] == "old"
+    assert read_metadata(new)[engine.META_VERSION] == "new"
 
 
 def test_the_engine_runs_with_the_threads_asked_for(random_model):
