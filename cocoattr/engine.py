@@ -3,7 +3,7 @@
 One graph per checkpoint: decoded, resized pixels (B, S, S, 3) uint8 -> logits, maps, embedding,
 the head's tokens and the detector's raw per-level class scores and box distributions. The
 graph normalises them itself (`transforms.normalize_pixels`, the same values bit for bit): a
-quarter of the bytes go in, and no numpy pass over the batch comes before the engine. What stays beside
+quarter of the bytes go in, and no numpy pass over the batch comes first. What stays beside
 it in torch is small and data-dependent: box decoding, NMS and the per-object head (the image
 head restricted to a box's or a mask's cells, `InferenceModel._head` on the exported tokens; a few
 microseconds per object, so a second graph with a mask input would buy nothing).

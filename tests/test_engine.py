@@ -88,6 +88,8 @@ def test_the_engine_runs_with_the_threads_asked_for(random_model):
     e = OnnxEngine(random_model(), threads=1)
     out = e.run(np.zeros((2, 96, 96, 3), np.uint8))
     assert out["logits"].shape == (2, 4) and e.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError, match=r"takes \(B, 96, 96, 3\) uint8 pixels"):
+        e.run(np.zeros((2, 3, 96, 96), np.float32))  # a normalised batch is the torch model's input
 
 
 def test_a_weight_changed_in_place_is_exported_again(random_model):
