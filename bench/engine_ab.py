@@ -39,12 +39,14 @@ def old_inference(rev: str):  # noqa: ANN201 - the pre-engine module
 def main(rev: str = "106b139") -> None:
     from cocoattr.images import load_image
     from cocoattr.predictor import Predictor
+    from cocoattr.transforms import normalize
 
     old = old_inference(rev)
     torch.set_num_threads(2)
     ort_pred = Predictor.from_checkpoint("default", threads=2)
     torch_pred = Predictor(ort_pred.model, threads=2)
-    torch_pred.engine = old.InferenceModel(ort_pred.model)  # the full torch path as it was
+    old_head = old.InferenceModel(ort_pred.model)  # the full torch path as it was
+    torch_pred.engine = lambda pixels: old_head(normalize(pixels, ort_pred.mean, ort_pred.std))
     grid = ort_pred.model.backbone
     folded = old.fold_batchnorm(copy.deepcopy(grid).eval())
     fused = old.inference_copy(grid)

@@ -46,7 +46,10 @@ def load_image(source: ImageInput, name: str | None = None, min_side: int | None
     if w * h > MAX_PIXELS:
         raise UserError(_too_large(label, (w, h)))
     try:
-        image = ImageOps.exif_transpose(image)
+        if image is source:  # the caller's image: never changed in place
+            image = ImageOps.exif_transpose(image)
+        else:  # ours: turned in place, not copied when it is upright (most photos)
+            ImageOps.exif_transpose(image, in_place=True)
         return _to_rgb(image)
     except (OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{label}: cannot decode image ({e})") from None

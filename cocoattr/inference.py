@@ -118,9 +118,15 @@ class InferenceModel:
             bq, bk, bv = m.attn.in_proj_bias.chunk(3)
             q = (m.queries() @ wq.T + bq).view(-1, heads, d // heads).transpose(0, 1) / (d // heads) ** 0.5
             # logit = c . (W_o x + b_o) = (W_o^T c) . x + c . b_o
-            self.q, self.wk, self.bk, self.wv, self.bv = q, wk, bk, wv, bv
+            self.q = q
+            self.wkv, self.bkv = torch.cat([wk, wv]).T.contiguous(), torch.cat([bk, bv])  # one matmul for k and v
             self.cls_eff = m.cls_weight @ m.attn.out_proj.weight
             self.bias_eff = m.cls_bias + m.cls_weight @ m.attn.out_proj.bias
+            # the mean token feeds the classifier's global term and the embedding: one matmul
+            self.pooled_w = torch.cat([m.cls_global, m.image_proj.weight]).T.contiguous()
+            self.pooled_b = torch.cat([self.bias_eff, m.image_proj.bias])
+            # token_proj's bias and the position embedding, added once
+            self.offset = m.token_proj.bias + m.pos_embed[0]
         self._part_sizes: tuple[int, ...] | None = None
         self._key = key
 
@@ -129,6 +135,7 @@ class InferenceModel:
         if self._part_sizes != sizes:
             blocks = self.model.token_proj.weight.detach().split(list(sizes), dim=1)
             self._blocks = [None if not blk.any() else blk.T.contiguous() for blk in blocks]
+            self._groups = _token_groups(self._blocks)
             self._part_sizes = sizes
         return self._blocks
 
@@ -176,17 +183,22 @@ class InferenceModel:
         return self._head(tokens, h, w), region_logits(self, tokens, h, w, regions)
 
     def _tokens(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        """(B, N, d) tokens from `FeatureGrid.parts`: each part read cell-major, the small
+        evidence parts as one concatenated block (one matmul), bias and position added once.
+        Shapes are Python ints but for the batch, so the exported graph has no shape arithmetic."""
         self._refresh()
-        b, _, h, w = parts[0].shape
+        h, w = int(parts[0].shape[-2]), int(parts[0].shape[-1])
+        self._token_blocks(tuple(int(p.shape[1]) for p in parts))
         m = self.model
-        tokens = m.token_proj.bias
-        for part, weight in zip(parts, self._token_blocks(tuple(p.shape[1] for p in parts)), strict=True):
-            if weight is not None:
-                tokens = tokens + part.flatten(2).transpose(1, 2) @ weight
-        tokens = tokens.expand(b, h * w, -1)
-        if tokens.shape[1] == m.pos_embed.shape[1]:
-            tokens = tokens + m.pos_embed
-        return tokens, h, w
+        tokens = None
+        for indices, weight in self._groups:
+            grid = parts[indices[0]] if len(indices) == 1 else torch.cat([parts[i] for i in indices], 1)
+            term = grid.permute(0, 2, 3, 1).reshape(-1, h * w, int(grid.shape[1])) @ weight
+            tokens = term if tokens is None else tokens + term
+        offset = self.offset if h * w == m.pos_embed.shape[1] else m.token_proj.bias
+        if tokens is None:  # every block zero: the tokens are the bias (and position) alone
+            return offset.expand(parts[0].shape[0], h * w, -1), h, w
+        return tokens + offset, h, w
 
     def _head(
         self, tokens: torch.Tensor, h: int, w: int, cells: torch.Tensor | None = None
@@ -194,21 +206,38 @@ class InferenceModel:
         """The attention head; `cells` (B, N) bool restricts attention and pooling to those cells."""
         m = self.model
         heads = m.attn.num_heads
-        b, n, d = tokens.shape
-        k = (tokens @ self.wk.T + self.bk).view(b, n, heads, d // heads).transpose(1, 2)  # (B, H, N, dh)
-        v = (tokens @ self.wv.T + self.bv).view(b, n, heads, d // heads).transpose(1, 2)
-        logits = self.q @ k.transpose(-1, -2)  # (B, H, A, N)
+        n, d = int(tokens.shape[1]), int(tokens.shape[2])
+        a = int(self.q.shape[1])
+        kv = (tokens @ self.wkv + self.bkv).view(-1, n, 2 * heads, d // heads)  # (B, N, 2H, dh)
+        k, v = kv[:, :, :heads].permute(0, 2, 3, 1), kv[:, :, heads:].transpose(1, 2)  # (B,H,dh,N), (B,H,N,dh)
+        logits = self.q @ k  # (B, H, A, N)
         if cells is not None:
             logits = logits.masked_fill(~cells[:, None, None, :], float("-inf"))
         weights = torch.softmax(logits, dim=-1)
-        attended = (weights @ v).transpose(1, 2).reshape(b, -1, d)  # (B, A, d)
+        attended = (weights @ v).transpose(1, 2).reshape(-1, a, d)  # (B, A, d)
         if cells is None:
             pooled = tokens.mean(1)
         else:
             pooled = (tokens * cells[..., None]).sum(1) / cells.sum(1, keepdim=True)
-        logits = (attended * self.cls_eff).sum(-1) + pooled @ m.cls_global.T + self.bias_eff
-        embedding = F.normalize(m.image_proj(pooled), dim=-1)
-        return AttributeOutput(logits=logits, maps=weights.mean(1).reshape(b, -1, h, w), embedding=embedding)
+        glob, emb = (pooled @ self.pooled_w + self.pooled_b).split([a, int(self.pooled_w.shape[1]) - a], -1)
+        logits = (attended * self.cls_eff).sum(-1) + glob
+        embedding = F.normalize(emb, dim=-1)
+        return AttributeOutput(logits=logits, maps=weights.mean(1).reshape(-1, a, h, w), embedding=embedding)
+
+
+def _token_groups(blocks: list[torch.Tensor | None], small: int = 256) -> list[tuple[list[int], torch.Tensor]]:
+    """(part indices, weight) per token matmul: each large part alone, the consecutive small ones
+    (colour, objects, scene: < `small` channels) as one block; all-zero parts left out."""
+    groups: list[tuple[list[int], list[torch.Tensor]]] = []
+    for i, block in enumerate(blocks):
+        if block is None:
+            continue
+        if block.shape[0] < small and groups and groups[-1][0][-1] == i - 1 and groups[-1][1][-1].shape[0] < small:
+            groups[-1][0].append(i)
+            groups[-1][1].append(block)
+        else:
+            groups.append(([i], [block]))
+    return [(indices, torch.cat(ws) if len(ws) > 1 else ws[0]) for indices, ws in groups]
 
 
 def objects_from(head: InferenceModel, tokens: torch.Tensor, h: int, w: int, detections: NanoDetOutput,

@@ -172,8 +172,7 @@ def score_objects(predictor: Predictor, targets: list[ObjectTarget], vocab: Voca
         images += 1
         masks = masks and all(o.mask is not None for o in objects)
         regions = [o.box for o in objects] + [o.mask for o in objects if o.mask is not None]
-        x = predictor.preprocess([image])
-        out, found = predictor.engine.with_regions(x, [regions])
+        out, found = predictor.engine.with_regions(predictor.pixels([image]), [regions])
         probs = torch.sigmoid(found[0]).numpy()
         k = len(objects)
         rows["image"].append(np.repeat(out.probs.numpy(), k, axis=0))

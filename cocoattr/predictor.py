@@ -23,7 +23,7 @@ from cocoattr.engine import serving_engine
 from cocoattr.errors import UserError
 from cocoattr.images import ImageInput, load_image
 from cocoattr.model import AttributeModel, AttributeOutput
-from cocoattr.transforms import normalize, preprocess, resize_rgb
+from cocoattr.transforms import preprocess, resize_rgb
 from cocoattr.viz import top_attributes
 
 
@@ -97,14 +97,19 @@ class Predictor:
         return self.model.backbone.detector is not None
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Decoded RGB images -> the normalised (B, 3, S, S) batch the PyTorch model takes."""
         return preprocess(images, self.size, self.mean, self.std)
+
+    def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Decoded RGB images -> the (B, S, S, 3) uint8 batch the serving engine takes."""
+        return np.stack([resize_rgb(image, self.size) for image in images])
 
     def forward(self, images: Sequence[Image.Image]) -> AttributeOutput:
         """Decoded RGB images -> model output (the serving engine)."""
-        return self._forward_pixels(np.stack([resize_rgb(image, self.size) for image in images]))
+        return self._forward_pixels(self.pixels(images))
 
     def _forward_pixels(self, pixels: np.ndarray) -> AttributeOutput:
-        return self.engine(normalize(pixels, self.mean, self.std))
+        return self.engine(pixels)
 
     def _prepare(self, image: ImageInput) -> np.ndarray:
         """Decode and resize one input: the per-image half of predict, run in decode threads."""
@@ -146,10 +151,7 @@ class Predictor:
         out: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
             chunk = [load_image(image) for image in images[start : start + self.batch_size]]
-            pixels = np.stack([resize_rgb(image, self.size) for image in chunk])
-            o, found = self.engine.with_objects(
-                normalize(pixels, self.mean, self.std), score_threshold, max_objects
-            )
+            o, found = self.engine.with_objects(self.pixels(chunk), score_threshold, max_objects)
             for i, (image, objects) in enumerate(zip(chunk, found, strict=True)):
                 scale = np.array([image.width, image.height] * 2, np.float32)
                 probs = torch.sigmoid(objects.logits).numpy()

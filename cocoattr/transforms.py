@@ -36,13 +36,25 @@ def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
 
 def normalize(batch: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> normalised float (B, 3, H, W) in channels_last memory: the layout
-    the inference backbone wants, in one pass and with no transposing copy."""
+    the inference backbone wants, with no transposing copy."""
     if not batch.flags.writeable:  # a view of a PIL image; torch.from_numpy wants to own writes
         batch = batch.copy()
-    pixels = torch.from_numpy(batch).permute(0, 3, 1, 2)
-    scale = torch.from_numpy((1.0 / (255.0 * std)).astype(np.float32)).view(1, 3, 1, 1)
-    shift = torch.from_numpy((-mean / std).astype(np.float32)).view(1, 3, 1, 1)
-    return torch.addcmul(shift, pixels.float(), scale)
+    return normalize_pixels(torch.from_numpy(batch), *normalize_constants(mean, std))
+
+
+def normalize_constants(mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, 3, 1, 1) float32, with pixel * scale + shift = (pixel / 255 - mean) / std."""
+    scale = torch.from_numpy((1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)).view(1, 3, 1, 1)
+    shift = torch.from_numpy((-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32))
+    return scale, shift.view(1, 3, 1, 1)
+
+
+def normalize_pixels(pixels: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 tensor -> (B, 3, H, W) float: `normalize` on a tensor, and the first
+    step of the exported serving graph (`cocoattr.engine`). A multiply, then an add: two
+    roundings as onnxruntime makes them, not `torch.addcmul`'s fused one, so the engine's input
+    is bit for bit this one (the colour channels threshold it: tests/test_transforms.py)."""
+    return pixels.permute(0, 3, 1, 2).float() * scale + shift
 
 
 def preprocess(images: Sequence[Image.Image], size: int, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:

@@ -34,8 +34,8 @@ def test_engine_equals_pytorch_on_gallery_photos(default_model):
     torch_engine = TorchEngine(default_model, "cpu")
     for start in (0, 4):
         chunk = paths[start : start + 4]
-        x = predictor.preprocess([load_image(p, min_side=2 * predictor.size) for p in chunk])
-        want, found = torch_engine.with_objects(x)
+        pixels = predictor.pixels([load_image(p, min_side=2 * predictor.size) for p in chunk])
+        want, found = torch_engine.with_objects(pixels)
         mine = got[start : start + len(chunk)]
         for key, tol in (("probs", 1e-4), ("maps", 1e-5), ("embedding", 1e-5)):
             diff = np.abs(np.stack([getattr(p, key) for p in mine]) - getattr(want, key).numpy()).max()
@@ -60,7 +60,7 @@ def test_the_graph_is_cached_by_weights_hash_and_a_stale_folder_graph_is_ignored
     model.weights_sha256, model.source = "ab" * 32, str(tmp_path)
     engine.export_onnx(model, tmp_path / "model.onnx", "cd" * 32)  # made for other weights
     path = onnx_file(model)
-    assert path == tmp_path / "cache" / "onnx" / f"{'ab' * 32}.onnx"
+    assert path == tmp_path / "cache" / "onnx" / f"{'ab' * 32}-{engine.graph_version()}.onnx"
     meta = read_metadata(path)
     assert meta[engine.META_SHA] == "ab" * 32 and meta[engine.META_OPSET] == str(engine.OPSET)
     onnx_file(model)
@@ -70,20 +70,36 @@ def test_the_graph_is_cached_by_weights_hash_and_a_stale_folder_graph_is_ignored
     assert not model.training  # exporting never leaves the model in training mode
 
 
+def test_code_of_another_graph_version_keeps_its_own_cache_file(random_model, tmp_path, monkeypatch):
+    """Two versions of the code sharing a cache (two worktrees) must not replace each other's
+    graph between one's check and its load."""
+    monkeypatch.setenv("COCOATTR_CACHE", str(tmp_path / "cache"))
+    model = random_model()
+    model.weights_sha256 = "ab" * 32
+    monkeypatch.setattr(engine, "graph_version", lambda: "old")
+    old = onnx_file(model)
+    monkeypatch.setattr(engine, "graph_version", lambda: "new")
+    new = onnx_file(model)
+    assert old != new and read_metadata(old)[engine.META_VERSION] == "old"
+    assert read_metadata(new)[engine.META_VERSION] == "new"
+
+
 def test_the_engine_runs_with_the_threads_asked_for(random_model):
     e = OnnxEngine(random_model(), threads=1)
-    out = e.run(torch.zeros(2, 3, 96, 96))
+    out = e.run(np.zeros((2, 96, 96, 3), np.uint8))
     assert out["logits"].shape == (2, 4) and e.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError, match=r"takes \(B, 96, 96, 3\) uint8 pixels"):
+        e.run(np.zeros((2, 3, 96, 96), np.float32))  # a normalised batch is the torch model's input
 
 
 def test_a_weight_changed_in_place_is_exported_again(random_model):
     model = random_model()
     e = OnnxEngine(model)
-    x = torch.randn(1, 3, 96, 96)
-    before = e(x).logits
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 96, 96, 3), np.uint8)
+    before = e(pixels).logits
     with torch.no_grad():
         model.cls_bias.add_(1.0)
-    after = e(x).logits
+    after = e(pixels).logits
     with torch.no_grad():
-        want = model(x).logits
+        want = model(TorchEngine(model, "cpu").normalized(pixels)).logits
     assert torch.allclose(after, want, atol=1e-5) and not torch.allclose(before, after)

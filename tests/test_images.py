@@ -46,6 +46,8 @@ def test_exif_rotation_is_applied(tmp_path):
     path = tmp_path / "rotated.jpg"
     img.save(path, "JPEG", exif=exif.tobytes())
     assert load_image(path).size == (20, 40)
+    caller = Image.open(path)  # a caller's own image is rotated in a copy, never in place
+    assert load_image(caller).size == (20, 40) and caller.size == (40, 20)
 
 
 def test_one_pixel_image_is_fine(tmp_path):

@@ -60,3 +60,31 @@ def test_objects_need_a_checkpoint_with_a_detector(random_model):
 
     with pytest.raises(UserError, match="no object detector"):
         InferenceModel(random_model()).with_objects(torch.zeros(1, 3, 96, 96))
+
+
+def test_the_small_evidence_parts_share_one_token_matmul_and_match_the_training_path():
+    """Colour, object and scene channels go through token_proj as one concatenated block; the
+    result must still be token_proj over the whole concatenated grid."""
+    from cocoattr.inference import _token_groups
+    from cocoattr.model import AttributeModel
+
+    torch.manual_seed(0)
+    model = AttributeModel(["red", "furry"], ["color", "texture"], objects=True, scene=True,
+                           image_size=96, dim=64, heads=8, embed_dim=32)  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    model.eval()
+    engine = InferenceModel(model)
+    sizes = tuple(int(p.shape[1]) for p in model.backbone.parts(torch.zeros(1, 3, 96, 96)))
+    engine._refresh()
+    engine._token_blocks(sizes)
+    assert [i for i, _ in engine._groups] == [[0], [1], [2, 3, 4]]  # features, concepts, the rest
+    assert len(_token_groups([None, torch.ones(5, 2), torch.ones(3, 2)])) == 1
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        want = model(x)
+    got = engine(x)
+    assert torch.allclose(got.logits, want.logits, atol=1e-5)
+    assert torch.allclose(got.maps, want.maps, atol=1e-6)
+    assert torch.allclose(got.embedding, want.embedding, atol=1e-6)

@@ -109,9 +109,9 @@ def predictor(default_checkpoint):
 def _regions(predictor, regions):
     from cocoattr.images import load_image
 
-    x = predictor.preprocess([load_image(GALLERY / MASTIFF)])
-    out, found = predictor.engine.with_regions(x, [regions])
-    return x, out, found[0]
+    pixels = predictor.pixels([load_image(GALLERY / MASTIFF)])
+    out, found = predictor.engine.with_regions(pixels, [regions])
+    return pixels, out, found[0]
 
 
 def test_a_mask_on_the_dog_weighs_the_dogs_attributes_over_the_whole_image(predictor) -> None:
@@ -131,11 +131,11 @@ def test_a_mask_on_the_dog_weighs_the_dogs_attributes_over_the_whole_image(predi
 
 
 def test_the_onnx_engine_and_torch_give_the_same_region_logits(predictor) -> None:
-    from cocoattr.inference import InferenceModel
+    from cocoattr.engine import TorchEngine
 
     regions = [dog_ellipse(), tuple(v / 512 for v in PERSON_BOX)]
-    x, _, onnx = _regions(predictor, regions)
-    _, found = InferenceModel(predictor.model).with_regions(x, [regions])
+    pixels, _, onnx = _regions(predictor, regions)
+    _, found = TorchEngine(predictor.model, "cpu").with_regions(pixels, [regions])
     assert torch.allclose(onnx, found[0], atol=1e-3)
 
 

@@ -23,3 +23,35 @@ def test_resize_matches_pillow_within_two_grey_levels(size):
     assert got.shape == (96, 96, 3) and got.dtype == np.uint8 and got.flags.c_contiguous
     diff = np.abs(got.astype(int) - want)
     assert diff.max() <= 2 and diff.mean() < 0.1, (diff.max(), diff.mean())
+
+
+def test_the_engine_normalises_every_pixel_value_bit_for_bit_as_normalize():
+    """The serving graph normalises its uint8 input itself; the colour channels threshold the
+    result (v < 0.2, ...), so it must be `normalize`'s value exactly, for every byte and channel."""
+    import io
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    from cocoattr.backbones import get_spec
+    from cocoattr.transforms import normalize, normalize_constants, normalize_pixels
+
+    spec = get_spec("mobilenet_v2")
+    mean, std = np.array(spec.mean, np.float32).reshape(3, 1, 1), np.array(spec.std, np.float32).reshape(3, 1, 1)
+    pixels = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1), 3, axis=3)
+    scale, shift = normalize_constants(mean, std)
+
+    class Normalise(torch.nn.Module):
+        def forward(self, u: torch.Tensor) -> torch.Tensor:
+            return normalize_pixels(u, scale, shift)
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Normalise(), (torch.from_numpy(pixels),), buffer, input_names=["u"], dynamo=False)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"u": pixels})[0]
+    want = normalize(pixels, mean, std).numpy()
+    assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want)
+    np.testing.assert_allclose(want, (pixels.transpose(0, 3, 1, 2) / 255 - mean) / std, atol=1e-6)
