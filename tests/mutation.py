@@ -44,7 +44,12 @@ MODULES: dict[str, tuple[str, list[str], list[str]]] = {
         ["tests/test_data_download.py", "tests/test_data_download_lying.py", "tests/test_download_edges.py"],
         [],
     ),
-    "hub": ("cocoattr/hub.py", ["tests/test_hub.py", "tests/test_model.py"], ["checkpoints/default"]),
+    # test_hub_inprocess.py first: test_hub.py's CLI subprocesses are invisible to mutmut
+    "hub": (
+        "cocoattr/hub.py",
+        ["tests/test_hub_inprocess.py", "tests/test_hub.py", "tests/test_model.py"],
+        ["checkpoints/default"],
+    ),
     "checkpoints": (
         "cocoattr/checkpoints.py",
         ["tests/test_model.py", "tests/test_hub.py"],
