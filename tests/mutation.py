@@ -88,7 +88,10 @@ def _configure(dest: Path, target: str, tests: list[str], extra: list[str]) -> N
 
 
 def _mutmut(dest: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # mutmut forks each mutant's worker from the process that ran the tests; torch's OpenMP pool,
+    # started there, hangs a forked child (each mutant then ends as a CPU-time "timeout"). One
+    # thread per worker starts no pool (and --max-children 2 uses the cores anyway).
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "mutmut", *args],
         cwd=dest,
