@@ -55,7 +55,12 @@ MODULES: dict[str, tuple[str, list[str], list[str]]] = {
         ["tests/test_model.py", "tests/test_hub.py"],
         ["checkpoints/default"],
     ),
-    "index": ("cocoattr/index.py", ["tests/test_index.py"], ["checkpoints/default"]),
+    # rel_untrusted: the crafted-root tests of `Index.serve_from` (its CLI subprocesses are invisible)
+    "index": (
+        "cocoattr/index.py",
+        ["tests/test_index.py", "tests/test_reliability_untrusted.py"],
+        ["checkpoints/default"],
+    ),
 }
 
 
