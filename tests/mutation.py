@@ -88,14 +88,17 @@ def _configure(dest: Path, target: str, tests: list[str], extra: list[str]) -> N
         + f"also_copy = {extra!r}\n".replace("'", '"')
         + f"pytest_add_cli_args_test_selection = {existing!r}\n".replace("'", '"')
         + 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+        # fork each worker from a process that only collected the tests: one forked from the process
+        # that ran them inherits its threads (torch's OpenMP pool, the predictor's decode pool) with
+        # their locks held, and hangs; each such mutant then ends as a "timeout"
+        + 'process_isolation = "forkserver"\n'
     )
     pyproject.write_text(text, "utf-8")
 
 
 def _mutmut(dest: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    # mutmut forks each mutant's worker from the process that ran the tests; torch's OpenMP pool,
-    # started there, hangs a forked child (each mutant then ends as a CPU-time "timeout"). One
-    # thread per worker starts no pool (and --max-children 2 uses the cores anyway).
+    # One thread per worker: no OpenMP pool to inherit across a fork (see process_isolation), and
+    # --max-children 2 uses the cores anyway.
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "mutmut", *args],
