@@ -10,7 +10,9 @@ model, loaded once at start-up) through `cocoattr.cache.PredictionCache`, overla
 Environment:
     COCOATTR_CHECKPOINT  checkpoint folder or Hub id (default: the Hub default, falling back
                          offline to the embedded zero-shot default)
-    COCOATTR_IMAGES      folder of images to search (default: the bundled gallery)
+    COCOATTR_IMAGES      folder of images to search (default: the bundled gallery); with a Hub
+                         index, where its images are (else its thumbnails are shown); hits are
+                         only ever read from this folder, never from one an index file names
     COCOATTR_INDEX       index file for those images (built at start-up when missing), or
                          hf://datasets/USER/NAME: a pushed index (`cocoattr index push`), downloaded
                          once into the HF cache; offline without a cache, the bundled gallery
@@ -83,13 +85,15 @@ def _concurrency() -> int:
 def open_index(predictor: Predictor) -> Index:
     """The index of COCOATTR_IMAGES (default: the gallery) at COCOATTR_INDEX (default: its usual place)."""
     spec = os.environ.get(ENV_INDEX, "").strip()
-    if spec and hub_repo(spec):  # a pushed index: served as it is, never rebuilt here
-        index = open_hub_index(spec, lambda: open_or_build(predictor, GALLERY, say=log), say=log)
+    images = os.environ.get(ENV_IMAGES, "").strip() or None
+    if spec and hub_repo(spec):  # a pushed index: served as it is, never rebuilt; files: COCOATTR_IMAGES
+        fallback = lambda: open_or_build(predictor, GALLERY, say=log)  # noqa: E731
+        index = open_hub_index(spec, fallback, say=log, images=images)
         why = checkpoint_mismatch(index, checkpoint_identity(predictor.model))
         if why:
             log(why)
         return index
-    images = os.environ.get(ENV_IMAGES, "").strip() or GALLERY
+    images = images or GALLERY
     if images != GALLERY and not Path(images).expanduser().is_dir():
         raise UserError(f"{ENV_IMAGES}={images!r}: no such folder")
     return open_or_build(predictor, images, os.environ.get(ENV_INDEX, "").strip() or None, say=log)
@@ -378,7 +382,7 @@ def build_demo(predictor: Predictor | None = None, index: Index | None = None) -
     s = Service(predictor, index, _concurrency())
     gallery_images = gallery_root() / "images"
     gr.set_static_paths(
-        [str(p) for p in (index.root, gallery_images) if p.is_dir()]
+        [str(p) for p in (index.root, gallery_images) if p is not None and p.is_dir()]
     )  # serve results and examples in place
     examples = [[str(gallery_images / n)] for n in EXAMPLE_NAMES if (gallery_images / n).is_file()]
     with gr.Blocks(title="cocoattr: visual attributes", analytics_enabled=False) as demo:

@@ -5,6 +5,7 @@ indexed root, size + mtime (to spot changes), attribute probabilities (float16) 
 contrastive embedding (float32), plus JSON metadata naming the checkpoint (sha256 of its
 model.safetensors + attribute names) and the few checkpoint tensors free-text search needs
 (attribute prompt embeddings, text projection), so searching never loads the image model.
+The file records its root, but hits are read from a folder the caller names (`serve_from`).
 Optional per image: a JSON record and a JPEG thumbnail (a COCO index, `cocoattr.coco_index`).
 
 Builds are incremental (only new or changed images are run; deleted ones are dropped; a
@@ -41,10 +42,7 @@ if TYPE_CHECKING:
 
 FORMAT = "cocoattr-index"
 VERSION = 1
-SAVE_EVERY = 500  # images between partial saves during a build
-# Override for `cocoattr index build` (a positive integer): save partial progress more often, e.g. on
-# a machine that may be killed at any time, or in tests that SIGKILL a build.
-ENV_SAVE_EVERY = "COCOATTR_INDEX_SAVE_EVERY"
+SAVE_EVERY = 500  # images between partial saves during a build (the CLI: cli.arguments.save_every_from_env)
 GALLERY = "gallery"
 INDEX_DIR = Path(__file__).resolve().parent.parent / "checkpoints"  # where servers keep their indexes
 GALLERY_INDEX = INDEX_DIR / "gallery-index.npz"  # the Makefile's `make index` target
@@ -72,7 +70,7 @@ def root_of(spec: str) -> Path:
 class Index:
     """Row i of every array describes image `paths[i]` (relative to `root`)."""
 
-    root_spec: str  # "gallery" or an absolute folder
+    root_spec: str  # what the build recorded, "gallery" or an absolute folder; never where files are read
     paths: list[str]
     sizes: np.ndarray  # (N,) int64 bytes
     mtimes: np.ndarray  # (N,) int64 ns
@@ -87,6 +85,7 @@ class Index:
     records: list[dict] | None = None  # per image: a COCO index's id, file_name, coco_url, captions, ...
     thumbnails: list[bytes] | None = None  # per image: a small JPEG, so hits draw without the files
     info: dict = field(default_factory=dict)  # what the image set is: {"kind": "coco", "split": ...}
+    folder: Path | None = None  # where hits are read: a folder the caller named (`serve_from`), else none
     _backends: dict = field(default_factory=dict, repr=False, compare=False)
     _columns: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -102,11 +101,21 @@ class Index:
         return self._columns
 
     @property
-    def root(self) -> Path:
-        return root_of(self.root_spec)
+    def root(self) -> Path | None:
+        return self.folder
 
-    def path(self, i: int) -> Path:
-        return safe_relative(self.root, self.paths[i])
+    def path(self, i: int) -> Path | None:
+        """Image i's file on this machine; None when no folder was named (a Hub index: thumbnails)."""
+        return None if self.folder is None else safe_relative(self.folder, self.paths[i])
+
+    def serve_from(self, images: str | os.PathLike | None) -> Index:
+        """This index with its hits read from `images` (a folder, or 'gallery'), never from the
+        root the file records: a crafted index saying `/` must not make `etc/passwd` a hit. None:
+        the bundled gallery for a gallery index ('gallery' names a folder of this package), else no
+        local files."""
+        images = GALLERY if images is None and self.root_spec == GALLERY else images
+        self.folder = None if images is None else root_of(image_set(images))
+        return self
 
     def backend(self, kind: str = "auto") -> SearchBackend:
         kind = choose_backend(kind, len(self))
@@ -159,7 +168,8 @@ class Index:
         atomic_write(path, write)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Index:
+    def load(cls, path: str | os.PathLike, images: str | os.PathLike | None = None) -> Index:
+        """The index file at `path`, its hits read from `images` (`serve_from`)."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: no such index file (build one with `cocoattr index build`)")
@@ -182,14 +192,14 @@ class Index:
             raise UserError(f"{path}: malformed cocoattr index ({type(e).__name__}: {e})") from None
         if not ok:
             raise UserError(f"{path}: malformed cocoattr index (array shapes disagree)")
-        return index.checked(str(path))
+        return index.checked(str(path)).serve_from(images)
 
     def checked(self, where: str) -> Index:
         """This index, after the checks every loader makes (unique paths, none outside the root)."""
         if len(set(self.paths)) != len(self):
             raise UserError(f"{where}: malformed cocoattr index (duplicate paths)")
-        for rel in self.paths:
-            safe_relative(self.root, rel)
+        for rel in self.paths:  # lexical: the same check whichever folder is named later
+            safe_relative(self.folder or Path(), rel)
         return self
 
     @classmethod
@@ -350,6 +360,7 @@ class _Builder:
             temperature=self.extras["temperature"], complete=complete,
             records=None if self.records is None else [self.records[r] for r in order],
             thumbnails=[entries[r][4] or b"" for r in order] if self.thumbnails else None, info=self.info,
+            folder=root_of(self.spec),
         )  # fmt: skip
 
 
@@ -441,20 +452,6 @@ def _run(builder: _Builder, predictor: Predictor, root: Path, todo: list[str],
         bar.close()
 
 
-def save_every_from_env() -> int:
-    """COCOATTR_INDEX_SAVE_EVERY (images between partial saves), else SAVE_EVERY."""
-    raw = os.environ.get(ENV_SAVE_EVERY, "").strip()
-    if not raw:
-        return SAVE_EVERY
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UserError(f"{ENV_SAVE_EVERY}={raw!r}: expected a positive whole number of images")
-    return value
-
-
 # ----------------------------------------------------------------------------- serving
 
 
@@ -487,7 +484,7 @@ def open_or_build(
         why = index.incompatible(checkpoint_identity(predictor.model), predictor.attributes, spec)
         why = why or (None if index.complete else "an interrupted build")
         if why is None:
-            return index
+            return index.serve_from(spec)  # the configured folder (the file's root agrees with it)
         say(f"index {path} is stale ({why}); updating it")
     else:
         say(f"no index at {path}: building it over {images} (first start only)")

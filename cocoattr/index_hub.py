@@ -240,23 +240,27 @@ def download_index(repo_id: str) -> Path:
         raise _hub_error(e, repo_id, "download") from None
 
 
-def load_index(spec: str | os.PathLike) -> Index:
-    """An index file, or `hf://datasets/USER/NAME` (downloaded through the HF cache)."""
+def load_index(spec: str | os.PathLike, images: str | os.PathLike | None = None) -> Index:
+    """An index file, or `hf://datasets/USER/NAME` (downloaded through the HF cache), its hits
+    read from `images` (`Index.serve_from`: never from the root the index records)."""
     repo = hub_repo(spec)
     if repo is None:
-        return Index.load(spec)
-    return read_dataset(download_index(repo), str(spec))
+        return Index.load(spec, images)
+    return read_dataset(download_index(repo), str(spec)).serve_from(images)
 
 
 def open_index(
-    spec: str | os.PathLike, fallback: Callable[[], Index], say: Callable[[str], None] = notice
+    spec: str | os.PathLike,
+    fallback: Callable[[], Index],
+    say: Callable[[str], None] = notice,
+    images: str | os.PathLike | None = None,
 ) -> Index:
-    """`load_index(spec)`; a Hub index that cannot be fetched (offline, not cached) is said in one
-    line and `fallback()` (the bundled gallery's index) is served instead."""
+    """`load_index(spec, images)`; a Hub index that cannot be fetched (offline, not cached) is said
+    in one line and `fallback()` (the bundled gallery's index) is served instead."""
     if hub_repo(spec) is None:
-        return Index.load(spec)
+        return Index.load(spec, images)
     try:
-        return load_index(spec)
+        return load_index(spec, images)
     except UserError as e:
         say(f"{e}; serving the bundled gallery instead")
         return fallback()

@@ -55,7 +55,7 @@ class Hit:
     """One ranked image and why it ranked there."""
 
     image: str  # path relative to the index root (what the API shows; no server paths)
-    path: Path  # the file on this machine
+    path: Path | None  # the file on this machine; None when the index was given no folder (a Hub index)
     score: float
     attributes: dict[str, float]  # matched term -> p (or 1 - p for "-term"), in query order
     text_similarity: float | None = None  # cosine to the free text or the query photo
@@ -101,7 +101,8 @@ class Hit:
 
     def to_json(self) -> dict:
         """The CLI's `search --json` row."""
-        out = {"image": str(self.path), "score": round(self.score, 5), "attributes": self.attributes}
+        image = str(self.path or self.image)  # the stored relative path when no folder was named
+        out = {"image": image, "score": round(self.score, 5), "attributes": self.attributes}
         if self.text_similarity is not None:
             out["text_similarity"] = round(self.text_similarity, 5)
         return out | self.coco()

@@ -188,8 +188,10 @@ class Service:
 
 def _hit_file(h: Hit) -> Path:
     """The hit's file when this machine has it, else its index thumbnail written to a temporary file."""
-    if h.path.is_file() or not h.thumbnail:
+    if h.path is not None and (h.path.is_file() or not h.thumbnail):
         return h.path
+    if not h.thumbnail:
+        raise UserError(f"{h.image}: not on this machine, and the index has no thumbnail of it")
     out = (
         Path(tempfile.gettempdir()) / "cocoattr-thumbnails" / f"{hashlib.sha256(h.thumbnail).hexdigest()}.jpg"
     )
@@ -199,10 +201,17 @@ def _hit_file(h: Hit) -> Path:
 
 
 def _tile_image(h: Hit) -> Any:
-    """The hit's file when this machine has it, else the index's thumbnail (a Hub index)."""
-    if h.thumbnail and not h.path.is_file():
-        return Image.open(io.BytesIO(h.thumbnail))
-    return str(h.path)
+    """The hit's file when this machine has it, else the index's thumbnail (a Hub index), else grey."""
+    return row_image(h.path, h.thumbnail)
+
+
+def row_image(path: Path | None, thumbnail: bytes | None) -> Any:
+    """An index row's file when this machine has it, else its thumbnail, else a grey square."""
+    if path is not None and (path.is_file() or not thumbnail):
+        return str(path)
+    if thumbnail:
+        return Image.open(io.BytesIO(thumbnail))
+    return Image.new("RGB", (64, 64), "#ddd")
 
 
 def _tile_caption(h: Hit, i: int) -> str:

@@ -44,13 +44,23 @@ MODULES: dict[str, tuple[str, list[str], list[str]]] = {
         ["tests/test_data_download.py", "tests/test_data_download_lying.py", "tests/test_download_edges.py"],
         [],
     ),
-    "hub": ("cocoattr/hub.py", ["tests/test_hub.py", "tests/test_model.py"], ["checkpoints/default"]),
+    # test_hub_inprocess.py first: test_hub.py's CLI subprocesses are invisible to mutmut
+    "hub": (
+        "cocoattr/hub.py",
+        ["tests/test_hub_inprocess.py", "tests/test_hub.py", "tests/test_model.py"],
+        ["checkpoints/default"],
+    ),
     "checkpoints": (
         "cocoattr/checkpoints.py",
         ["tests/test_model.py", "tests/test_hub.py"],
         ["checkpoints/default"],
     ),
-    "index": ("cocoattr/index.py", ["tests/test_index.py"], ["checkpoints/default"]),
+    # rel_untrusted: the crafted-root tests of `Index.serve_from` (its CLI subprocesses are invisible)
+    "index": (
+        "cocoattr/index.py",
+        ["tests/test_index.py", "tests/test_reliability_untrusted.py"],
+        ["checkpoints/default", "app.py"],  # one test there imports the app
+    ),
 }
 
 
@@ -78,12 +88,18 @@ def _configure(dest: Path, target: str, tests: list[str], extra: list[str]) -> N
         + f"also_copy = {extra!r}\n".replace("'", '"')
         + f"pytest_add_cli_args_test_selection = {existing!r}\n".replace("'", '"')
         + 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+        # fork each worker from a process that only collected the tests: one forked from the process
+        # that ran them inherits its threads (torch's OpenMP pool, the predictor's decode pool) with
+        # their locks held, and hangs; each such mutant then ends as a "timeout"
+        + 'process_isolation = "forkserver"\n'
     )
     pyproject.write_text(text, "utf-8")
 
 
 def _mutmut(dest: Path, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # One thread per worker: no OpenMP pool to inherit across a fork (see process_isolation), and
+    # --max-children 2 uses the cores anyway.
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "mutmut", *args],
         cwd=dest,

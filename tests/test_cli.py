@@ -124,10 +124,13 @@ def test_cli_search_json(real_index, capsys):
     captured = capsys.readouterr()
     hits = json.loads(captured.out)
     assert len(hits) == 3 and all(set(h) == {"image", "score", "attributes"} for h in hits)
-    assert hits[0]["image"] == str(root / "gradio_lion.jpg")
+    assert hits[0]["image"] == "gradio_lion.jpg", "no --images: the path relative to the indexed folder"
     assert set(hits[0]["attributes"]) == {"furry", "animal"}
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert "query: furry animal" in captured.err
+    args = ["search", "--index", str(out), "--images", str(root), "--json", "--top-k", "1", "furry"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)[0]["image"] == str(root / "gradio_lion.jpg"), "a file there"
     assert main(["search", "--index", str(out), "--top-k", "2", "vehicle"]) == 0
     header, first = capsys.readouterr().out.splitlines()[:2]
     assert header.split()[:2] == ["rank", "score"] and "jeep" in first

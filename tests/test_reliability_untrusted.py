@@ -94,6 +94,103 @@ def test_index_with_a_root_and_absolute_path_is_refused_by_search(tmp_path):
     )
 
 
+# ----------------------------------------------------------------------------- the index root
+
+
+def _crafted(root_spec: str, paths: list[str], thumbnails: list[bytes] | None = None) -> Index:
+    """A valid index whose recorded root and entries someone else chose."""
+    n = len(paths)
+    return Index(root_spec=root_spec, paths=paths, sizes=np.zeros(n, np.int64), mtimes=np.zeros(n, np.int64),
+                 probs=np.full((n, 2), 0.9, np.float16), embeddings=np.ones((n, 4), np.float32),
+                 attributes=["red", "furry"], checkpoint={"sha256": "x", "source": "x"},
+                 thumbnails=thumbnails)  # fmt: skip
+
+
+def test_an_index_whose_root_is_slash_never_lists_etc_passwd(tmp_path, capsys):
+    """Issue 15: the root `/` comes from the file, so `etc/passwd` would be /etc/passwd; hits are
+    read only from the folder the user names (`--images`), else shown as the stored relative path."""
+    from cocoattr.cli import main
+
+    crafted = tmp_path / "crafted.npz"
+    _crafted("/", ["etc/passwd", "etc/hostname"]).save(crafted)
+    assert main(["search", "--index", str(crafted), "--json", "red"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(h["image"] for h in json.loads(out)) == ["etc/hostname", "etc/passwd"]
+    assert "/etc/passwd" not in out
+    assert main(["search", "--index", str(crafted), "red"]) == 0
+    assert "/etc/passwd" not in capsys.readouterr().out
+    assert Index.load(crafted).root is None and Index.load(crafted).path(0) is None
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    assert main(["search", "--index", str(crafted), "--images", str(mine), "--json", "red"]) == 0
+    images = {h["image"] for h in json.loads(capsys.readouterr().out)}
+    assert images == {str(mine.resolve() / "etc" / "passwd"), str(mine.resolve() / "etc" / "hostname")}
+
+
+def test_a_hub_index_whose_root_is_slash_never_lists_etc_passwd(tmp_path):
+    """The same index pushed as a dataset repo: its `index.json` root is not where hits are read."""
+    import cocoattr.index_hub as ih
+    from cocoattr.search import find
+
+    ih.write_dataset(_crafted("/", ["etc/passwd"]), tmp_path / "repo")
+    index = ih.read_dataset(tmp_path / "repo", "hf://datasets/x/y").serve_from(None)
+    assert index.root_spec == "/" and index.root is None
+    hit = find(index, "red", k=1).hits[0]
+    assert hit.path is None and hit.to_json()["image"] == "etc/passwd"
+
+
+def test_the_app_never_serves_a_file_a_hub_index_root_names(tmp_path, monkeypatch, app_predictor):
+    """A Space serving a crafted Hub index: no hit file, tile or static folder is /etc/passwd or /."""
+    import app
+    import cocoattr.index_hub as ih
+    from cocoattr.serving import search_tile
+
+    ih.write_dataset(_crafted("/", ["etc/passwd"]), tmp_path / "repo")
+    monkeypatch.setattr(ih, "download_index", lambda repo: tmp_path / "repo")
+    monkeypatch.setenv("COCOATTR_INDEX", "hf://datasets/user/evil")
+    monkeypatch.delenv("COCOATTR_IMAGES", raising=False)
+    monkeypatch.setattr(app, "log", lambda line: None)
+    served = app.open_index(app_predictor)
+    assert served.root is None, "gr.set_static_paths would get this folder"
+    s = app.Service(app_predictor, served)
+    hit = s.search("red", 1).hits[0]
+    image, _ = search_tile(hit, 0)
+    assert hit.path is None and not isinstance(image, str), image  # a grey square, not a file path
+    with pytest.raises(UserError, match="not on this machine"):
+        s.hit_heatmaps(hit, ["red"])
+
+
+def test_an_index_with_dotdot_paths_is_refused_whatever_folder_is_named(tmp_path, capsys):
+    from cocoattr.cli import main
+
+    crafted = tmp_path / "crafted.npz"
+    _crafted("/", ["a.jpg", "../../etc/passwd"]).save(crafted)
+    for extra in ([], ["--images", str(tmp_path)]):
+        assert main(["search", "--index", str(crafted), *extra, "red"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "'../../etc/passwd' points outside the indexed folder" in err[0], err
+    assert main(["search", "--index", str(crafted), "--images", str(tmp_path / "nope"), "red"]) == 2
+    err = capsys.readouterr().err
+    assert "--images" in err and "no such folder" in err, err
+
+
+def test_the_gallery_search_still_returns_the_gallery_photos(tmp_path, capsys):
+    """A gallery index names no folder ('gallery' is this package's): its hits are the bundled photos."""
+    from test_index import FakePredictor
+
+    from cocoattr.cli import main
+    from cocoattr.index import build_index
+
+    out = tmp_path / "gallery.npz"
+    build_index("gallery", out, FakePredictor(tmp_path / "c"), progress=False)
+    n = len(load_gallery().paths)
+    assert main(["search", "--index", str(out), "--json", "--top-k", str(n), "red"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    photos = {str(p) for p in (gallery_root() / "images").iterdir()}
+    assert len(hits) == n and {h["image"] for h in hits} <= photos
+    assert Index.load(out).root == gallery_root() / "images"
+
+
 def test_truncated_and_wrong_version_index(tmp_path):
     n = 1
     index = Index(root_spec=str(tmp_path), paths=["a.jpg"], sizes=np.zeros(n, np.int64),

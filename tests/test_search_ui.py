@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 @pytest.fixture(scope="module")
 def index(real_index) -> Index:
-    return Index.load(real_index[1])
+    return Index.load(real_index[1], real_index[0])  # served from the photos' folder, as the app does
 
 
 def _p(index: Index, image: str, attribute: str) -> float:

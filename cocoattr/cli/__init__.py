@@ -34,7 +34,8 @@ def _query_words_not_flags(argv: list[str]) -> list[str]:
     own options first and the query words, in order, after `--`, wherever they were typed."""
     if not argv or argv[0] != "search" or "--" in argv:
         return argv
-    options, takes_value = {"-h", "--help", "--json", "--index", "--top-k"}, {"--index", "--top-k"}
+    takes_value = {"--index", "--images", "--top-k"}
+    options = {"-h", "--help", "--json", *takes_value}
     flags, words, i = [], [], 1
     while i < len(argv):
         word = argv[i]

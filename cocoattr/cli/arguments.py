@@ -62,3 +62,24 @@ def add_device(p: argparse.ArgumentParser) -> None:
     """--device: onnxruntime on the CPU, PyTorch on CUDA."""
     p.add_argument("--device", default="cpu",
                    help="'cpu' (onnxruntime, the default) or 'cuda' / 'cuda:N' (PyTorch)")  # fmt: skip
+
+
+# Override for `cocoattr index build` (a positive integer): save partial progress more often, e.g. on
+# a machine that may be killed at any time, or in tests that SIGKILL a build.
+ENV_SAVE_EVERY = "COCOATTR_INDEX_SAVE_EVERY"
+
+
+def save_every_from_env() -> int:
+    """COCOATTR_INDEX_SAVE_EVERY (images between partial saves), else `cocoattr.index.SAVE_EVERY`."""
+    from cocoattr.index import SAVE_EVERY  # numpy + the gallery: only for the commands that build
+
+    raw = os.environ.get(ENV_SAVE_EVERY, "").strip()
+    if not raw:
+        return SAVE_EVERY
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{ENV_SAVE_EVERY}={raw!r}: expected a positive whole number of images")
+    return value

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cocoattr.cli.arguments import add_checkpoint, add_device, writable_file
+from cocoattr.cli.arguments import add_checkpoint, add_device, save_every_from_env, writable_file
 from cocoattr.errors import UserError, notice
 
 
@@ -16,7 +16,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     With `--shard I/N` (or under torchrun: RANK/WORLD_SIZE) this process builds one shard into
     OUT.shard-I-of-N.npz; `index merge` joins the parts."""
-    from cocoattr.index import build_index, save_every_from_env  # numpy + the gallery: ~250 ms
+    from cocoattr.index import build_index  # numpy + the gallery: ~250 ms
     from cocoattr.index_shards import (
         parse_shard,
         part_path,
@@ -144,8 +144,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from cocoattr.search import find
 
     _quiet_transformers()
+    if args.images not in (None, GALLERY) and not Path(args.images).expanduser().is_dir():
+        raise UserError(f"--images {args.images}: no such folder")
     gallery = default_index_path(GALLERY)
-    index = open_index(args.index or gallery, fallback=lambda: Index.load(gallery))
+    index = open_index(args.index or gallery, fallback=lambda: Index.load(gallery), images=args.images)
     if not index.complete:
         notice("this index is incomplete (an interrupted build); run `index build` again to finish it")
     text, image = " ".join(args.query), _image_query(args.query)
@@ -209,6 +211,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index with an attribute query")
     p.add_argument("--index", default=None, help="index file or hf://datasets/USER/NAME "
                    "(default: the bundled gallery's, which `make demo` builds)")  # fmt: skip
+    p.add_argument("--images", default=None, metavar="FOLDER", help="the folder the index's images are in: "
+                   "hits are shown as files there (default: the bundled gallery for a gallery index, "
+                   "else paths relative to the indexed folder; never a folder the index file names)")  # fmt: skip
     p.add_argument("--top-k", type=int, default=10, help="hits to show (default 10)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.add_argument("query", nargs="+", help="e.g. 'red, furry, -indoor' or 'striped^2 animal' or free text")

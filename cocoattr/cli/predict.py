@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from cocoattr.cli.arguments import add_checkpoint, add_device, probability, writable_file
+from cocoattr.cli.arguments import add_checkpoint, add_device, probability, save_every_from_env, writable_file
 from cocoattr.errors import UserError, notice
 
 
@@ -162,7 +162,7 @@ def _evaluate_coco(args: argparse.Namespace) -> dict:
     category attributes against the instance annotations."""
     from cocoattr.coco_index import build_coco_index, split_files
     from cocoattr.evaluation import coco_category_retrieval, format_coco_table
-    from cocoattr.index import default_index_path, image_set, save_every_from_env
+    from cocoattr.index import default_index_path, image_set
 
     if args.baseline:
         raise UserError("--baseline: only for the hand-labelled gallery, not with --coco")

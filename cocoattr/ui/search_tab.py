@@ -14,7 +14,7 @@ import gradio as gr
 
 from cocoattr.errors import UserError
 from cocoattr.search import Hit
-from cocoattr.serving import EMPTY_QUERY, Service, search_tile
+from cocoattr.serving import EMPTY_QUERY, Service, row_image, search_tile
 from cocoattr.ui import search_view as view
 from cocoattr.ui.export import write_exports
 from cocoattr.ui.widgets import UI, image_input
@@ -168,8 +168,10 @@ class _Page:
         if not query and not like:
             return self.unchanged()
         out = self.run(query, None, like, n) | {self.query: query}
-        if like and like in self.s.index.paths:
-            out[self.image] = str(self.s.index.path(self.s.index.paths.index(like)))
+        index = self.s.index
+        if like and like in index.paths:
+            row = index.paths.index(like)
+            out[self.image] = row_image(index.path(row), index.thumbnails[row] if index.thumbnails else None)
         if self.tabs is not None:
             out[self.tabs] = gr.Tabs(selected="search")
         return out
