@@ -5,7 +5,9 @@ non-zero exit code; anything else is a bug and keeps its traceback. `notice` is 
 way to tell the user something on the side (a fallback, a rebuild, a skipped file).
 """
 
+import importlib
 import sys
+from functools import lru_cache
 
 
 class UserError(Exception):
@@ -28,3 +30,17 @@ def invalid_config(source: str, error: Exception) -> UserError:
         value = "" if first["type"] == "missing" else f" (got {first.get('input')!r:.60})"
         return UserError(f"{source}: {key}: {first['msg'].lower()}{value}")
     return UserError(f"{source}: invalid config ({error})")
+
+
+@lru_cache(maxsize=1)
+def http_client_errors() -> tuple[type[Exception], ...]:
+    """The connection errors huggingface_hub lets through once its own retries are spent: its
+    HTTP client's (httpx2 under huggingface_hub 2, httpx under 1). Neither is an OSError, so a
+    Hub call that catches only OSError shows a traceback for an unreachable server."""
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)

@@ -22,7 +22,7 @@ from safetensors.torch import save_model
 
 from cocoattr.atomic import atomic_folder, atomic_write, atomic_write_json, atomic_write_text
 from cocoattr.engine import ONNX_NAME  # the CPU serving graph; optional, checked when used
-from cocoattr.errors import UserError, invalid_config
+from cocoattr.errors import UserError, http_client_errors, invalid_config
 from cocoattr.model import AttributeModel, ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -44,7 +44,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
         raise UserError(f"Hub checkpoint {repo_id!r} not found (or private: set HF_TOKEN)") from None
     except LocalEntryNotFoundError:
         raise UserError(f"Hub checkpoint {repo_id!r} is not cached and the Hub cannot be reached") from None
-    except (HfHubHTTPError, OSError, ValueError) as e:
+    except (HfHubHTTPError, OSError, ValueError, *http_client_errors()) as e:
         raise UserError(f"could not download Hub checkpoint {repo_id!r} ({type(e).__name__})") from None
     path = Path(folder)
     if not (path / WEIGHTS_NAME).is_file():
@@ -189,7 +189,7 @@ def push_to_hub(
             repo_id=repo_id,
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME, ONNX_NAME],
         )
-    except (HfHubHTTPError, OSError) as e:
+    except (HfHubHTTPError, OSError, *http_client_errors()) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), "")
         raise UserError(f"could not push to the Hub repo {repo_id!r} ({type(e).__name__}: {first})") from None
     return str(getattr(info, "commit_url", info))

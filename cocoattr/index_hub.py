@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cocoattr.errors import UserError, notice
+from cocoattr.errors import UserError, http_client_errors, notice
 from cocoattr.index import FORMAT, VERSION, Index
 
 PREFIX = "hf://datasets/"
@@ -219,7 +219,7 @@ def push_index(index_path: str | os.PathLike, repo_id: str, private: bool = Fals
             api.create_repo(repo_id, private=private, exist_ok=True, repo_type="dataset")
             info = api.upload_folder(folder_path=tmp, repo_id=repo_id, repo_type="dataset",
                                      commit_message=f"cocoattr index: {len(index)} images")  # fmt: skip
-        except (HfHubHTTPError, OSError) as e:
+        except (HfHubHTTPError, OSError, *http_client_errors()) as e:
             raise _hub_error(e, repo_id, "push to") from None
     return str(getattr(info, "commit_url", info))
 
@@ -236,7 +236,7 @@ def download_index(repo_id: str) -> Path:
         raise UserError(f"Hub dataset {repo_id!r} not found (or private: set HF_TOKEN)") from None
     except LocalEntryNotFoundError:
         raise UserError(f"Hub dataset {repo_id!r} is not cached and the Hub cannot be reached") from None
-    except (HfHubHTTPError, OSError, ValueError) as e:
+    except (HfHubHTTPError, OSError, ValueError, *http_client_errors()) as e:
         raise _hub_error(e, repo_id, "download") from None
 
 

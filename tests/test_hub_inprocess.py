@@ -568,3 +568,20 @@ def test_write_onnx_exports_once_and_again_for_new_weights(folder, small_model, 
     save_weights(AttributeModel(ATTRS, TYPES, image_size=64, dim=64, heads=8, embed_dim=32).eval(), folder)
     hub.write_onnx(folder)
     assert len(exports) == 1 and path.read_bytes() != before
+
+
+def test_an_unreachable_hub_is_one_line_for_push_and_download(at_hub, folder, monkeypatch):
+    """huggingface_hub 2 lets its HTTP client's ConnectError through (not an OSError)."""
+    import socket
+
+    import huggingface_hub.constants as hc
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(hc, "ENDPOINT", dead)
+    monkeypatch.setattr(hc, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    with pytest.raises(UserError, match=r"could not push to the Hub repo 'inproc/dead' \(ConnectError"):
+        push_to_hub(folder, "inproc/dead", token="hf_fake")
+    with pytest.raises(UserError, match="inproc/dead"):
+        download("inproc/dead")

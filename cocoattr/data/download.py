@@ -26,7 +26,6 @@ mirror must serve the same relative paths (`annotations/annotations_trainval2017
 from __future__ import annotations
 
 import http.client
-import importlib
 import os
 import re
 import sys
@@ -41,7 +40,7 @@ from cocoattr.atomic import atomic_write_text
 from cocoattr.data import verify
 from cocoattr.data.resources import RESOURCES, HubDataset, Resource
 from cocoattr.data.verify import safe_extract
-from cocoattr.errors import UserError
+from cocoattr.errors import UserError, http_client_errors
 
 BASE_URL_ENV = "COCOATTR_DATA_BASE_URL"
 TIMEOUT_ENV = "COCOATTR_DOWNLOAD_TIMEOUT"
@@ -161,7 +160,7 @@ def fetch_hub_dataset(hub: HubDataset, dest: Path, *, retries: int = 3) -> Path:
         files = [f for f in listing if hasattr(f, "size") and any(fnmatch(f.path, p) for p in hub.patterns)]
     except RepositoryNotFoundError:
         raise UserError(f"{where} not found (or private: set HF_TOKEN)") from None
-    except (OfflineModeIsEnabled, HfHubHTTPError, OSError, ValueError, *_http_client_errors()) as e:
+    except (OfflineModeIsEnabled, HfHubHTTPError, OSError, ValueError, *http_client_errors()) as e:
         if _complete_offline_copy(hub, dest):
             return dest
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
@@ -193,18 +192,6 @@ def _complete_offline_copy(hub: HubDataset, dest: Path) -> bool:
     parquet = [p for p in hub.patterns if p.endswith(".parquet")]
     found = [q for p in parquet for q in dest.glob(p)]
     return bool(found) and all(_sidecar(q).is_file() for q in found)
-
-
-def _http_client_errors() -> tuple[type[Exception], ...]:
-    """The connection errors huggingface_hub lets through once its own retries are spent: its
-    HTTP client's (httpx2 under huggingface_hub 2, httpx under 1)."""
-    found = []
-    for name in ("httpx2", "httpx"):
-        try:
-            found.append(importlib.import_module(name).HTTPError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
 
 
 # --- fetching -----------------------------------------------------------------------------
