@@ -109,7 +109,9 @@ def main() -> None:
           flush=True)  # fmt: skip
     for batch, reps in ((16, args.reps16), (1, args.reps1)):
         paths = files[:batch]
-        x = np.ascontiguousarray(pred.preprocess([load_image(p, min_side=2 * pred.size) for p in paths]).numpy())
+        x = np.ascontiguousarray(
+            pred.preprocess([load_image(p, min_side=2 * pred.size) for p in paths]).numpy()
+        )
         with torch.inference_mode():
             wall, cpu = shuffled({"old": lambda: old_predict(paths), "new": lambda: pred.predict(paths),
                                   "bodies": lambda: bodies.run(None, {"images": x})}, reps)  # fmt: skip

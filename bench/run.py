@@ -158,7 +158,9 @@ def bodies_session(model, threads: int):  # noqa: ANN001, ANN201
         torch.onnx.export(_Bodies(model.backbone), (x,), buffer, input_names=["images"], opset_version=17,
                           dynamic_axes={"images": {0: "batch"}}, dynamo=False)  # fmt: skip
     model.eval()
-    return ort.InferenceSession(buffer.getvalue(), session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        buffer.getvalue(), session_options(threads), providers=["CPUExecutionProvider"]
+    )
 
 
 def _predict_batch(pred, bodies, files: list[Path], batch: int, quick: bool, eager_predict) -> dict:  # noqa: ANN001
@@ -243,7 +245,9 @@ def bench_predict(pred, files: list[Path], quick: bool) -> dict:
     paths = files[:16]
     pool = pred._decode_pool()
     pixels = np.stack([pred._prepare(p) for p in paths])
-    x_np = np.ascontiguousarray(pred.preprocess([load_image(p, min_side=2 * pred.size) for p in paths]).numpy())
+    x_np = np.ascontiguousarray(
+        pred.preprocess([load_image(p, min_side=2 * pred.size) for p in paths]).numpy()
+    )
     parts = interleave(
         {
             "decode (load_image), serial": lambda: [load_image(p, min_side=2 * pred.size) for p in paths],

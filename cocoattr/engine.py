@@ -144,7 +144,9 @@ def check_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
     """`pixels` if it is a (B, size, size, 3) uint8 batch (what `resize_rgb` gives), else ValueError."""
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape[1:] != (size, size, 3):
         shape = getattr(pixels, "shape", None)
-        raise ValueError(f"the engine takes (B, {size}, {size}, 3) uint8 pixels, not {type(pixels).__name__} {shape}")
+        raise ValueError(
+            f"the engine takes (B, {size}, {size}, 3) uint8 pixels, not {type(pixels).__name__} {shape}"
+        )
     return np.ascontiguousarray(pixels)
 
 

@@ -119,7 +119,10 @@ class InferenceModel:
             q = (m.queries() @ wq.T + bq).view(-1, heads, d // heads).transpose(0, 1) / (d // heads) ** 0.5
             # logit = c . (W_o x + b_o) = (W_o^T c) . x + c . b_o
             self.q = q
-            self.wkv, self.bkv = torch.cat([wk, wv]).T.contiguous(), torch.cat([bk, bv])  # one matmul for k and v
+            self.wkv, self.bkv = (
+                torch.cat([wk, wv]).T.contiguous(),
+                torch.cat([bk, bv]),
+            )  # one matmul for k and v
             self.cls_eff = m.cls_weight @ m.attn.out_proj.weight
             self.bias_eff = m.cls_bias + m.cls_weight @ m.attn.out_proj.bias
             # the mean token feeds the classifier's global term and the embedding: one matmul
@@ -209,7 +212,10 @@ class InferenceModel:
         n, d = int(tokens.shape[1]), int(tokens.shape[2])
         a = int(self.q.shape[1])
         kv = (tokens @ self.wkv + self.bkv).view(-1, n, 2 * heads, d // heads)  # (B, N, 2H, dh)
-        k, v = kv[:, :, :heads].permute(0, 2, 3, 1), kv[:, :, heads:].transpose(1, 2)  # (B,H,dh,N), (B,H,N,dh)
+        k, v = (
+            kv[:, :, :heads].permute(0, 2, 3, 1),
+            kv[:, :, heads:].transpose(1, 2),
+        )  # (B,H,dh,N), (B,H,N,dh)
         logits = self.q @ k  # (B, H, A, N)
         if cells is not None:
             logits = logits.masked_fill(~cells[:, None, None, :], float("-inf"))
@@ -225,14 +231,21 @@ class InferenceModel:
         return AttributeOutput(logits=logits, maps=weights.mean(1).reshape(-1, a, h, w), embedding=embedding)
 
 
-def _token_groups(blocks: list[torch.Tensor | None], small: int = 256) -> list[tuple[list[int], torch.Tensor]]:
+def _token_groups(
+    blocks: list[torch.Tensor | None], small: int = 256
+) -> list[tuple[list[int], torch.Tensor]]:
     """(part indices, weight) per token matmul: each large part alone, the consecutive small ones
     (colour, objects, scene: < `small` channels) as one block; all-zero parts left out."""
     groups: list[tuple[list[int], list[torch.Tensor]]] = []
     for i, block in enumerate(blocks):
         if block is None:
             continue
-        if block.shape[0] < small and groups and groups[-1][0][-1] == i - 1 and groups[-1][1][-1].shape[0] < small:
+        if (
+            block.shape[0] < small
+            and groups
+            and groups[-1][0][-1] == i - 1
+            and groups[-1][1][-1].shape[0] < small
+        ):
             groups[-1][0].append(i)
             groups[-1][1].append(block)
         else:

@@ -44,7 +44,9 @@ def normalize(batch: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Ten
 
 def normalize_constants(mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift), each (1, 3, 1, 1) float32, with pixel * scale + shift = (pixel / 255 - mean) / std."""
-    scale = torch.from_numpy((1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)).view(1, 3, 1, 1)
+    scale = torch.from_numpy((1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)).view(
+        1, 3, 1, 1
+    )
     shift = torch.from_numpy((-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32))
     return scale, shift.view(1, 3, 1, 1)
 

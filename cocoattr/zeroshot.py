@@ -323,7 +323,11 @@ def _set_attention(
 
 
 def _set_classifier(
-    model: AttributeModel, vocab: Vocabulary, knobs: dict, offsets: dict[str, list[float]], scored: torch.Tensor
+    model: AttributeModel,
+    vocab: Vocabulary,
+    knobs: dict,
+    offsets: dict[str, list[float]],
+    scored: torch.Tensor,
 ) -> None:
     """logit_a = w_attn * attention-pooled + w_mean * mean-pooled evidence + bias: the type's
     triple plus the attribute's offset. An attribute with no evidence at all gets
@@ -331,7 +335,9 @@ def _set_classifier(
     every ranking."""
     for j, attr in enumerate(vocab):
         offset = offsets.get(attr.name, (0.0, 0.0, 0.0))
-        w_attn, w_mean, bias = (t + o for t, o in zip(knobs["type_calibration"][attr.type], offset, strict=True))
+        w_attn, w_mean, bias = (
+            t + o for t, o in zip(knobs["type_calibration"][attr.type], offset, strict=True)
+        )
         if attr.name in GLOBAL_ATTRIBUTES:  # whole-image properties: mean pooling only
             w_attn, w_mean = 0.0, w_attn + w_mean
         if not scored[j]:

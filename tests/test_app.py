@@ -273,7 +273,10 @@ def test_about_names_the_zero_shot_default(app_predictor, app_server) -> None:
     text = serving.about_text(app_predictor, Index.load(app_server.index_file))
     assert "/" not in text.split("**Checkpoint:**")[1].split("\n")[0]  # no server path for visitors
     assert f"{app_predictor.model.kind} model" in text
-    assert f"{len(app_predictor.attributes)} attributes in 8 types" in text and f"{len(load_gallery())} images" in text
+    assert (
+        f"{len(app_predictor.attributes)} attributes in 8 types" in text
+        and f"{len(load_gallery())} images" in text
+    )
     if app_predictor.model.kind == "zero-shot":
         assert text.count("zero-shot** model") == 1 and text.count("real accuracy") == 1, "one notice"
     metrics, _ = serving.read_metrics(Path(app_predictor.model.source))

@@ -72,7 +72,6 @@ def page(browser, app_server):
     context.close()
 
 
-
 def grid_columns(page, gallery: str) -> str:
     """The CSS grid columns a gallery (`#elem-id`) lays its tiles out in, as the browser computed them."""
     return page.evaluate(

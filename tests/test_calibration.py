@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def calibrate():
-    spec = importlib.util.spec_from_file_location("calibrate_default", ROOT / "train" / "calibrate_default.py")
+    spec = importlib.util.spec_from_file_location(
+        "calibrate_default", ROOT / "train" / "calibrate_default.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -82,6 +84,8 @@ def test_the_file_records_the_held_out_figures():
     assert cal["images"] == len(load_gallery())  # refitted whenever the gallery changes
     for key in ("mean_per_image_auc", "precision_at_5", "precision_at_5_non_colour"):
         assert 0 < held[key] <= 1
-    assert held["mean_per_image_auc"] > types_only["mean_per_image_auc"]  # the offsets earn their place held out
+    assert (
+        held["mean_per_image_auc"] > types_only["mean_per_image_auc"]
+    )  # the offsets earn their place held out
     assert all(len(v) == 3 and all(np.isfinite(v)) for v in cal["offsets"].values())
     assert torch.tensor(list(cal["offsets"].values())).abs().max() < 10  # shrunk, not free

@@ -56,7 +56,9 @@ def test_the_trainable_region_head_is_the_one_that_serves(model, data_root) -> N
     with torch.inference_mode():
         _, served = InferenceModel(model).with_regions(x, [regions])
         cells = region_cells(regions, *model.grid)
-        trained = TrainStep(model, cached=False)(x.expand(2, -1, -1, -1), torch.zeros(2, model.num_attributes), cells)[0]
+        trained = TrainStep(model, cached=False)(
+            x.expand(2, -1, -1, -1), torch.zeros(2, model.num_attributes), cells
+        )[0]
         whole = model(x, torch.ones(1, cells.shape[1], dtype=torch.bool)).logits
         plain = model(x).logits
     torch.testing.assert_close(trained, served[0], atol=2e-4, rtol=1e-4)
@@ -89,7 +91,9 @@ def test_a_mirrored_object_reads_the_cells_of_its_mirrored_region(data_root, mod
     x, y, bw, bh = boxed.box
     size = load_image(boxed.path).size
     mirrored_box = replace(boxed, box=(w - x - bw, y, bw, bh))
-    assert torch.equal(sample_cells([boxed], model.grid, mirrored=True), sample_cells([mirrored_box], model.grid))
+    assert torch.equal(
+        sample_cells([boxed], model.grid, mirrored=True), sample_cells([mirrored_box], model.grid)
+    )
     assert np.allclose(sample_region(boxed, size, mirrored=True), sample_region(mirrored_box, size))
 
 

@@ -38,7 +38,10 @@ def test_the_engine_normalises_every_pixel_value_bit_for_bit_as_normalize():
     from cocoattr.transforms import normalize, normalize_constants, normalize_pixels
 
     spec = get_spec("mobilenet_v2")
-    mean, std = np.array(spec.mean, np.float32).reshape(3, 1, 1), np.array(spec.std, np.float32).reshape(3, 1, 1)
+    mean, std = (
+        np.array(spec.mean, np.float32).reshape(3, 1, 1),
+        np.array(spec.std, np.float32).reshape(3, 1, 1),
+    )
     pixels = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1), 3, axis=3)
     scale, shift = normalize_constants(mean, std)
 

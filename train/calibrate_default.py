@@ -60,7 +60,9 @@ def raw_evidence(paths: list) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def fit_types(attn: np.ndarray, mean: np.ndarray, labels: np.ndarray, types: np.ndarray) -> dict[str, list[float]]:
+def fit_types(
+    attn: np.ndarray, mean: np.ndarray, labels: np.ndarray, types: np.ndarray
+) -> dict[str, list[float]]:
     """One Platt triple per type (the 24 KNOBS numbers)."""
     calibration = {}
     for t in TYPES:
@@ -80,7 +82,9 @@ def type_weights(calibration: dict, types: np.ndarray) -> np.ndarray:
     return np.array([calibration[t] for t in types], np.float64)
 
 
-def fit_offsets(attn: np.ndarray, mean: np.ndarray, labels: np.ndarray, base: np.ndarray, shrinkage: float) -> np.ndarray:
+def fit_offsets(
+    attn: np.ndarray, mean: np.ndarray, labels: np.ndarray, base: np.ndarray, shrinkage: float
+) -> np.ndarray:
     """(A, 3) offsets on `base` (the type triples per attribute): known-label log loss plus
     shrinkage * |offset|^2, minimised by L-BFGS (convex, so the optimum does not depend on the start)."""
     x1, x2 = torch.from_numpy(attn).double(), torch.from_numpy(mean).double()
@@ -94,7 +98,9 @@ def fit_offsets(attn: np.ndarray, mean: np.ndarray, labels: np.ndarray, base: np
         opt.zero_grad()
         w = w0 + offset
         z = x1 * w[:, 0] + x2 * w[:, 1] + w[:, 2]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z[known], positive[known], reduction="sum")
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            z[known], positive[known], reduction="sum"
+        )
         loss = loss + shrinkage * (offset**2).sum()
         loss.backward()
         return loss
@@ -132,7 +138,11 @@ def k_fold(attn, mean, labels, base: np.ndarray, shrinkage: float | None, folds:
     for f in range(folds):
         test = rows[f::folds]
         train = np.setdiff1d(rows, test)
-        w = base if shrinkage is None else base + fit_offsets(attn[train], mean[train], labels[train], base, shrinkage)
+        w = (
+            base
+            if shrinkage is None
+            else base + fit_offsets(attn[train], mean[train], labels[train], base, shrinkage)
+        )
         z[test] = logits(w, attn[test], mean[test])
     return z
 
@@ -148,10 +158,18 @@ def main(argv: list[str] | None = None) -> None:
     types, names = np.array([a.type for a in vocab]), vocab.names
     attn, mean = raw_evidence(paths)
     base = type_weights(KNOBS["type_calibration"], types)
-    rows = {"type triples only (shipped KNOBS)": (k_fold(attn, mean, labels, base, None), logits(base, attn, mean))}
+    rows = {
+        "type triples only (shipped KNOBS)": (
+            k_fold(attn, mean, labels, base, None),
+            logits(base, attn, mean),
+        )
+    }
     for lam in sorted({*SHRINKAGES, args.shrinkage}, reverse=True):
         full = base + fit_offsets(attn, mean, labels, base, lam)
-        rows[f"+ per-attribute offsets, shrinkage {lam:g}"] = (k_fold(attn, mean, labels, base, lam), logits(full, attn, mean))
+        rows[f"+ per-attribute offsets, shrinkage {lam:g}"] = (
+            k_fold(attn, mean, labels, base, lam),
+            logits(full, attn, mean),
+        )
     print(f"{'calibration':<42}{'held-out (' + str(FOLDS) + '-fold by image)':<64}in-sample AUC")
     for name, (held, inside) in rows.items():
         s = scores(held, labels, types, names)
@@ -171,8 +189,11 @@ def main(argv: list[str] | None = None) -> None:
             "images": len(paths),
             "held_out": scores(k_fold(attn, mean, labels, base, args.shrinkage), labels, types, names),
             "held_out_types_only": scores(rows["type triples only (shipped KNOBS)"][0], labels, types, names),
-            "offsets": {n: [round(float(v), 3) for v in offsets[j]] for j, n in enumerate(names)
-                        if np.abs(offsets[j]).max() >= 5e-4},  # fmt: skip
+            "offsets": {
+                n: [round(float(v), 3) for v in offsets[j]]
+                for j, n in enumerate(names)
+                if np.abs(offsets[j]).max() >= 5e-4
+            },  # fmt: skip
         }
         rows_text = ",\n".join(f"  {json.dumps(n)}: {json.dumps(v)}" for n, v in data.pop("offsets").items())
         text = json.dumps(data, indent=1)[:-2] + ',\n "offsets": {\n' + rows_text + "\n }\n}\n"

@@ -251,7 +251,13 @@ def photo_rows(
             malformed.add("malformed rows", f"row {k} ({type(e).__name__}: {e})")
             continue
         path = image_path(images, image, str(folder))
-        reason = "images_not_on_disk" if not path.is_file() else "images_exif_rotated" if exif_rotated(path) else None
+        reason = (
+            "images_not_on_disk"
+            if not path.is_file()
+            else "images_exif_rotated"
+            if exif_rotated(path)
+            else None
+        )
         if reason:
             left_out[reason] += 1
             continue
@@ -276,7 +282,12 @@ class CoconutObject:
     def box(self) -> tuple[float, float, float, float]:
         """COCO (x, y, w, h) in pixels: the mask's bounding box."""
         ys, xs = np.nonzero(self.mask)
-        return float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)
+        return (
+            float(xs.min()),
+            float(ys.min()),
+            float(xs.max() - xs.min() + 1),
+            float(ys.max() - ys.min() + 1),
+        )
 
 
 def object_labels(category: Category, vocab: Vocabulary, mapping: CoconutMapping) -> np.ndarray:

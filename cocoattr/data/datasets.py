@@ -72,7 +72,9 @@ class AttributeDataset(Dataset):
         """The PIL image (cropped with context for boxes) before the transform."""
         s = self.samples[index]
         image = load_image(s.path)
-        return crop_with_context(image, s.box, self.context) if s.box is not None and not self.whole else image
+        return (
+            crop_with_context(image, s.box, self.context) if s.box is not None and not self.whole else image
+        )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = self.samples[index].labels

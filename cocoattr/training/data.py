@@ -171,8 +171,12 @@ def sample_cells(samples: Sequence[Sample], grid: tuple[int, int], mirrored: boo
     h, w = grid
     rows = []
     for s in samples:
-        region = sample_region(s, photo_size(s), mirrored) if (s.box is not None or s.mask is not None) else None
-        rows.append(torch.ones(h * w, dtype=torch.bool) if region is None else region_cells([region], h, w)[0])
+        region = (
+            sample_region(s, photo_size(s), mirrored) if (s.box is not None or s.mask is not None) else None
+        )
+        rows.append(
+            torch.ones(h * w, dtype=torch.bool) if region is None else region_cells([region], h, w)[0]
+        )
     return torch.stack(rows) if rows else torch.zeros((0, h * w), dtype=torch.bool)
 
 

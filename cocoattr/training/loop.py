@@ -385,7 +385,10 @@ OBJECT_VIEWS = {"crop": "each object's box cropped with context",
 
 
 def _has_objects(cfg: TrainConfig) -> bool:
-    return cfg.data.source == "coco_attributes" or "coconut-objects" in (cfg.data.train_labels, cfg.data.eval_labels)
+    return cfg.data.source == "coco_attributes" or "coconut-objects" in (
+        cfg.data.train_labels,
+        cfg.data.eval_labels,
+    )
 
 
 def _fmt(value: float | None) -> str:

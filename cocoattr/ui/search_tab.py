@@ -257,7 +257,9 @@ def _wire(p: _Page) -> None:
     # its way (the page sends the last keystroke's event once the previous one returns) is answered
     # before it and cannot reappear after the term was added.
     lane = {"concurrency_id": "search-suggest", "concurrency_limit": 1}
-    typing = p.add_box.input(p.suggestions, p.add_box, p.suggest, trigger_mode="always_last", **lane, **hidden)
+    typing = p.add_box.input(
+        p.suggestions, p.add_box, p.suggest, trigger_mode="always_last", **lane, **hidden
+    )
     shared(
         p.add_box.submit(
             p.complete, [p.query, p.image, p.like, p.add_box, p.mode], out, cancels=[typing], **UI
