@@ -566,6 +566,7 @@ def bench_app(timeout: float = 240.0) -> dict:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
                     if r.status == 200:
                         result = {"seconds_to_first_200": round(time.perf_counter() - t0, 2)}
+                        result |= predict_latency(f"http://127.0.0.1:{port}/")
                         break
             except OSError:
                 pass
@@ -583,6 +584,24 @@ def bench_app(timeout: float = 240.0) -> dict:
         shutil.rmtree(logf.parent, ignore_errors=True)
     result["note"] = "`make demo` from a warm .venv, default checkpoint and gallery index built"
     return result
+
+
+def predict_latency(url: str, calls: int = 12) -> dict:
+    """/predict round trips through gradio_client (upload, queue, model, JSON back), one gallery
+    photo at a time after two warm-up calls: what an API user waits for."""
+    from gradio_client import Client, handle_file
+
+    photos = sorted((REPO / "cocoattr" / "gallery" / "images").glob("*.jpg"))
+    client = Client(url, verbose=False)
+    for photo in photos[:2]:
+        client.predict(handle_file(str(photo)), 5, 0.1, api_name="/predict")
+    times = []
+    for photo in (photos * 2)[:calls]:
+        t0 = time.perf_counter()
+        client.predict(handle_file(str(photo)), 5, 0.1, api_name="/predict")
+        times.append(1000 * (time.perf_counter() - t0))
+    return {"predict_latency_ms": {"median": round(float(np.median(times)), 1),
+                                   "p90": round(float(np.percentile(times, 90)), 1), "calls": calls}}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -727,6 +746,10 @@ def readme(results: dict) -> str:
     if a:
         lines.append(f"| `make demo` -> first HTTP 200 | {a.get('seconds_to_first_200', 'skipped')} s | "
                      f"{a.get('skipped') or a.get('note')} |")  # fmt: skip
+        if "predict_latency_ms" in a:
+            lat = a["predict_latency_ms"]
+            lines.append(f"| `/predict` latency through gradio_client | median {lat['median']} ms, p90 "
+                         f"{lat['p90']} ms | {lat['calls']} calls, one gallery photo each, after 2 warm-up calls |")  # fmt: skip
     for k, v in results.get("errors", {}).items():
         lines.append(f"| {k} | error | {v[:200]} |")
     if p and "breakdown_ms_batch16" in p:
