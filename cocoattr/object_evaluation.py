@@ -31,6 +31,7 @@ from PIL import Image
 from cocoattr import metrics
 from cocoattr.data.coco import coco_paths
 from cocoattr.data.coconut import CoconutMapping, coconut_objects, load_mapping, photo_rows
+from cocoattr.data.cocottributes import relative_box
 from cocoattr.data.datasets import Sample, cocottributes_samples
 from cocoattr.errors import UserError
 from cocoattr.images import exif_rotated, load_image
@@ -93,9 +94,8 @@ def coconut_object_targets(folder: str | os.PathLike, images: str | os.PathLike 
 def _coconut_objects(row: dict, vocab: Vocabulary, mapping: CoconutMapping) -> list[GroundTruthObject]:
     out = []
     for o in coconut_objects(row, vocab, mapping):
-        (x, y, bw, bh), (h, w) = o.box, o.mask.shape
-        box = (x / w, y / h, (x + bw) / w, (y + bh) / h)
-        out.append(GroundTruthObject(o.category.name, tuple(float(v) for v in box), o.mask, o.labels))
+        h, w = o.mask.shape
+        out.append(GroundTruthObject(o.category.name, relative_box(o.box, w, h), o.mask, o.labels))
     return out
 
 
@@ -141,9 +141,7 @@ def _patch_objects(path: Path, patches: list[Sample]) -> list[GroundTruthObject]
         w, h = im.size
     out = []
     for s in patches:
-        x, y, bw, bh = s.box
-        box = (max(0.0, x / w), max(0.0, y / h), min(1.0, (x + bw) / w), min(1.0, (y + bh) / h))
-        out.append(GroundTruthObject("", box, None, s.labels))
+        out.append(GroundTruthObject("", relative_box(s.box, w, h), None, s.labels))
     return out
 
 

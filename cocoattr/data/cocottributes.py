@@ -278,6 +278,15 @@ def context_box(
     return left, top, right, bottom
 
 
+def relative_box(
+    bbox: tuple[float, float, float, float], width: int, height: int
+) -> tuple[float, float, float, float]:
+    """A COCO box (x, y, w, h) in pixels as (x1, y1, x2, y2) fractions of the image, clipped to
+    it: what `inference.region_cells` reads for a box."""
+    x, y, w, h = bbox
+    return (max(0.0, x / width), max(0.0, y / height), min(1.0, (x + w) / width), min(1.0, (y + h) / height))
+
+
 def crop_with_context(
     image: Image.Image, bbox: tuple[float, float, float, float], context: float = 0.2
 ) -> Image.Image:

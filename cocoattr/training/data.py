@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cocoattr.data.cocottributes import relative_box
 from cocoattr.data.datasets import AttributeDataset, Sample
 from cocoattr.data.splits import SPLITS, split_of
 from cocoattr.errors import UserError
@@ -145,17 +146,19 @@ def sample_region(sample: Sample, size: tuple[int, int], mirrored: bool = False)
         return np.ascontiguousarray(mask[:, ::-1]) if mirrored else mask
     if sample.box is None:
         return None
-    x, y, w, h = sample.box
-    x0, x1 = x / size[0], (x + w) / size[0]
+    x0, y0, x1, y1 = relative_box(sample.box, *size)
     x0, x1 = (1 - x1, 1 - x0) if mirrored else (x0, x1)
-    return np.array([x0, y / size[1], x1, (y + h) / size[1]], np.float32)
+    return np.array([x0, y0, x1, y1], np.float32)
 
 
 def photo_size(sample: Sample) -> tuple[int, int]:
-    """(w, h) of the sample's photo: from its mask's RLE, else the file header (no decode)."""
+    """(w, h) of the sample's photo: from its mask's RLE, else the file header (no decode); a
+    whole-image sample needs none (0, 0)."""
     if sample.mask is not None:
         h, w = sample.mask["size"]
         return int(w), int(h)
+    if sample.box is None:
+        return 0, 0
     from PIL import Image
 
     with Image.open(sample.path) as im:
@@ -166,18 +169,23 @@ def sample_cells(samples: Sequence[Sample], grid: tuple[int, int], mirrored: boo
     """(N, h*w) bool: the grid cells each sample's head reads (every cell for a whole image).
     Mirrored regions get their own cells: a mask's cells (sampled at pixel centres) are not
     exactly the mirror of the unmirrored ones."""
+    h, w = grid
+    rows = [_cells(s, photo_size(s), grid, mirrored) for s in samples]
+    return torch.stack(rows) if rows else torch.zeros((0, h * w), dtype=torch.bool)
+
+
+def _cells(
+    sample: Sample, size: tuple[int, int], grid: tuple[int, int], mirrored: bool = False
+) -> torch.Tensor:
+    """(h*w,) bool: one sample's cells in a photo of `size` (w, h); every cell for a whole image."""
     from cocoattr.inference import region_cells
 
-    h, w = grid
-    rows = []
-    for s in samples:
-        region = (
-            sample_region(s, photo_size(s), mirrored) if (s.box is not None or s.mask is not None) else None
-        )
-        rows.append(
-            torch.ones(h * w, dtype=torch.bool) if region is None else region_cells([region], h, w)[0]
-        )
-    return torch.stack(rows) if rows else torch.zeros((0, h * w), dtype=torch.bool)
+    region = sample_region(sample, size, mirrored)
+    return (
+        torch.ones(grid[0] * grid[1], dtype=torch.bool)
+        if region is None
+        else region_cells([region], *grid)[0]
+    )
 
 
 class ImageDataset(AttributeDataset):
@@ -204,8 +212,8 @@ class ImageDataset(AttributeDataset):
             if self.train and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
                 from PIL import Image
 
-                image = image.transpose(Image.FLIP_LEFT_RIGHT)
-                cells = sample_cells(self.samples[index : index + 1], self.grid, mirrored=True)[0]
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)  # the photo is decoded: its size is known
+                cells = _cells(self.samples[index], image.size, self.grid, mirrored=True)
         return (
             self.transform(image),
             torch.from_numpy((labels == 1).astype(np.float32)),
