@@ -41,9 +41,9 @@ from cocoattr.vocab import Vocabulary, load_vocabulary
 RECIPE_NAME = "recipe.txt"
 # The files whose content defines the default's weights: a change in one means a rebuild.
 # Speed-only modules (inference, predictor) are not among them.
+CALIBRATION_FILE = "vocab/default_calibration.json"  # per-attribute offsets, train/calibrate_default.py
 RECIPE_FILES = ("zeroshot.py", "model.py", "backbones.py", "features.py", "detector.py", "tfjs.py",
-                "vocab/attributes.json", "vocab/coco80.json", "vocab/default_calibration.json")  # fmt: skip
-CALIBRATION_FILE = "vocab/default_calibration.json"
+                "vocab/attributes.json", "vocab/coco80.json", CALIBRATION_FILE)  # fmt: skip
 
 # Fixed knobs of the construction (see README "Embedded default" for how they were chosen).
 KNOBS = {

@@ -158,27 +158,22 @@ def main(argv: list[str] | None = None) -> None:
     types, names = np.array([a.type for a in vocab]), vocab.names
     attn, mean = raw_evidence(paths)
     base = type_weights(KNOBS["type_calibration"], types)
-    rows = {
-        "type triples only (shipped KNOBS)": (
-            k_fold(attn, mean, labels, base, None),
-            logits(base, attn, mean),
-        )
-    }
+    types_only = "type triples only (shipped KNOBS)"
+    rows = {types_only: (k_fold(attn, mean, labels, base, None), logits(base, attn, mean))}
+    fitted = {}  # shrinkage -> offsets fitted on every image
     for lam in sorted({*SHRINKAGES, args.shrinkage}, reverse=True):
-        full = base + fit_offsets(attn, mean, labels, base, lam)
-        rows[f"+ per-attribute offsets, shrinkage {lam:g}"] = (
-            k_fold(attn, mean, labels, base, lam),
-            logits(full, attn, mean),
-        )
+        fitted[lam] = fit_offsets(attn, mean, labels, base, lam)
+        rows[lam] = (k_fold(attn, mean, labels, base, lam), logits(base + fitted[lam], attn, mean))
     print(f"{'calibration':<42}{'held-out (' + str(FOLDS) + '-fold by image)':<64}in-sample AUC")
     for name, (held, inside) in rows.items():
+        label = name if name == types_only else f"+ per-attribute offsets, shrinkage {name:g}"
         s = scores(held, labels, types, names)
-        print(f"{name:<42}" + "  ".join(f"{k} {v}" for k, v in s.items())
+        print(f"{label:<42}" + "  ".join(f"{k} {v}" for k, v in s.items())
               + f"   {metrics.mean_per_image_auc(inside, labels):.4f}")  # fmt: skip
     if args.types:
         print('"type_calibration":', fit_types(attn, mean, labels, types))
     if args.write:
-        offsets = fit_offsets(attn, mean, labels, base, args.shrinkage)
+        offsets = fitted[args.shrinkage]
         out = Path(__file__).resolve().parent.parent / "cocoattr" / CALIBRATION_FILE
         data = {
             "about": "Per-attribute offsets (d_w_attn, d_w_mean, d_bias) on each type's calibration "
@@ -187,15 +182,12 @@ def main(argv: list[str] | None = None) -> None:
             "shrinkage": args.shrinkage,
             "folds": FOLDS,
             "images": len(paths),
-            "held_out": scores(k_fold(attn, mean, labels, base, args.shrinkage), labels, types, names),
-            "held_out_types_only": scores(rows["type triples only (shipped KNOBS)"][0], labels, types, names),
-            "offsets": {
-                n: [round(float(v), 3) for v in offsets[j]]
-                for j, n in enumerate(names)
-                if np.abs(offsets[j]).max() >= 5e-4
-            },  # fmt: skip
+            "held_out": scores(rows[args.shrinkage][0], labels, types, names),
+            "held_out_types_only": scores(rows[types_only][0], labels, types, names),
         }
-        rows_text = ",\n".join(f"  {json.dumps(n)}: {json.dumps(v)}" for n, v in data.pop("offsets").items())
+        kept = [(n, [round(float(v), 3) for v in offsets[j]]) for j, n in enumerate(names)
+                if np.abs(offsets[j]).max() >= 5e-4]  # fmt: skip
+        rows_text = ",\n".join(f"  {json.dumps(n)}: {json.dumps(v)}" for n, v in kept)
         text = json.dumps(data, indent=1)[:-2] + ',\n "offsets": {\n' + rows_text + "\n }\n}\n"
         atomic_write_text(out, text)  # one attribute per line: diffs stay readable
         print(f"wrote {out}; now `.venv/bin/python -m cocoattr build-default --force`")
