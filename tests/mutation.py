@@ -9,7 +9,7 @@ mutmut 3 mutates the code into `mutants/` beside `pyproject.toml` and reads its 
 `[tool.mutmut]` there. This copies the working tree (tracked and untracked-but-not-ignored files,
 plus `checkpoints/` where a module's tests need it) into a temporary folder, appends a
 `[tool.mutmut]` that mutates one module and runs only that module's test files, runs
-`mutmut run --max-children 2` under a time cap, and prints killed / survived / timeout /
+`mutmut run --max-children 2` (`--children N`) under a time cap, and prints killed / survived / timeout /
 no tests / not checked and the score = (killed + timeout) / (mutants run). `--show FILE`
 writes the diff of every survivor (what a new test must catch); `--keep DIR` reuses and keeps
 the scratch copy, so a rerun after new tests only retries what is not yet killed.
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds for `mutmut run` (default 900)")
     p.add_argument("--keep", type=Path, default=None, help="scratch folder to reuse and keep")
     p.add_argument("--show", type=Path, default=None, help="write every survivor's diff to this file")
+    p.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
     args = p.parse_args(argv)
     target, tests, extra = MODULES[args.module]
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cap = False
         try:
-            run = _mutmut(dest, "run", "--max-children", "2", timeout=args.timeout)
+            run = _mutmut(dest, "run", "--max-children", str(args.children), timeout=args.timeout)
             tail = (run.stdout + run.stderr)[-2000:]
         except subprocess.TimeoutExpired as e:
             cap = True
