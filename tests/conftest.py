@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 
@@ -290,7 +290,14 @@ def _fake_hub_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:  # noqa: C9
                 if m.group(3) == "revision":
                     return self.send_json({"id": repo, "modelId": repo, "sha": hub.sha(files), "private": False,
                                            "siblings": [{"rfilename": f} for f in sorted(files)]})  # fmt: skip
-                return self.send_json([  # large files are LFS on the Hub: their entry carries the sha256
+                if parse_qs(urlparse(self.path).query).get("recursive") != ["true"]:  # the top level only
+                    folders = sorted({f.split("/")[0] for f in files if "/" in f})
+                    top = [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()}
+                           for d in folders]  # fmt: skip
+                    files = {f: d for f, d in files.items() if "/" not in f}
+                else:
+                    top = []
+                return self.send_json(top + [  # large files are LFS on the Hub: their entry carries the sha256
                     {"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
                     | ({"lfs": {"oid": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 134}}
                        if f.endswith(".parquet") else {})
@@ -382,6 +389,22 @@ def hub_cli():
     """`hub_cli(args, endpoint, hf_home, **env)`: `python -m cocoattr ARGS` in a subprocess with
     HF_ENDPOINT=endpoint and a private HF cache under hf_home (no HF_/COCOATTR_ variables leak in)."""
     return _hub_cli
+
+
+@pytest.fixture
+def at_hub(fake_hub, tmp_path, monkeypatch):
+    """huggingface_hub in this process talking to the fake Hub, with an empty private cache."""
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "ENDPOINT", fake_hub.url)
+    monkeypatch.setattr(
+        hc, "HUGGINGFACE_CO_URL_TEMPLATE", fake_hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(hc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return fake_hub
 
 
 # ============================================================================ end of fake Hub fixtures

@@ -12,7 +12,8 @@ plus `checkpoints/` where a module's tests need it) into a temporary folder, app
 `mutmut run --max-children 2` (`--children N`) under a time cap, and prints killed / survived / timeout /
 no tests / not checked and the score = (killed + timeout) / (mutants run). `--show FILE`
 writes the diff of every survivor (what a new test must catch); `--keep DIR` reuses and keeps
-the scratch copy, so a rerun after new tests only retries what is not yet killed.
+the scratch copy with mutmut's cached verdicts (its `[tool.mutmut]` test list is the one of the
+first run): after new tests, start a fresh run.
 Not a pytest module (no `test_` prefix): a run takes minutes.
 """
 
@@ -41,7 +42,12 @@ MODULES: dict[str, tuple[str, list[str], list[str]]] = {
     ),
     "download": (
         "cocoattr/data/download.py",
-        ["tests/test_data_download.py", "tests/test_data_download_lying.py", "tests/test_download_edges.py"],
+        [
+            "tests/test_download_mutants.py",
+            "tests/test_data_download.py",
+            "tests/test_data_download_lying.py",
+            "tests/test_download_edges.py",
+        ],
         [],
     ),
     # test_hub_inprocess.py first: test_hub.py's CLI subprocesses are invisible to mutmut

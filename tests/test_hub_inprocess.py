@@ -61,22 +61,6 @@ def folder(saved, tmp_path) -> Path:
     return copy
 
 
-@pytest.fixture
-def at_hub(fake_hub, tmp_path, monkeypatch):
-    """huggingface_hub in this process talking to conftest's fake Hub, with an empty private cache."""
-    import huggingface_hub.constants as hc
-
-    monkeypatch.setattr(hc, "ENDPOINT", fake_hub.url)
-    monkeypatch.setattr(
-        hc, "HUGGINGFACE_CO_URL_TEMPLATE", fake_hub.url + "/{repo_id}/resolve/{revision}/{filename}"
-    )
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(hc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    return fake_hub
-
-
 def _logits(model: AttributeModel) -> torch.Tensor:
     torch.manual_seed(1)
     with torch.inference_mode():

@@ -344,7 +344,8 @@ def _stream(url: str, part: Path, size: int | None, progress: bool, timeout: flo
     """
     start = part.stat().st_size if part.exists() else 0
     if size is not None and start > size:
-        start = 0  # garbage from another file: start over
+        part.unlink()  # garbage from another file: start over (even if a 206 would append)
+        start = 0
     response = _open(url, start, timeout)
     with response:
         if response.status == 416:
