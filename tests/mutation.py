@@ -64,7 +64,7 @@ MODULES: dict[str, tuple[str, list[str], list[str]]] = {
     # rel_untrusted: the crafted-root tests of `Index.serve_from` (its CLI subprocesses are invisible)
     "index": (
         "cocoattr/index.py",
-        ["tests/test_index.py", "tests/test_reliability_untrusted.py"],
+        ["tests/test_index_mutants.py", "tests/test_index.py", "tests/test_reliability_untrusted.py"],
         ["checkpoints/default", "app.py"],  # one test there imports the app
     ),
 }
