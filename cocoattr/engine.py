@@ -40,13 +40,14 @@ from cocoattr.errors import notice
 from cocoattr.inference import InferenceModel, ObjectsOutput, Region, objects_from, region_logits
 from cocoattr.model import AttributeModel, AttributeOutput
 from cocoattr.tfjs import cache_root
-from cocoattr.transforms import normalize_constants, normalize_pixels
+from cocoattr.transforms import normalize_constants, normalize_pixels, pixel_planes
 
 ONNX_NAME = "model.onnx"
 SPINNING = os.environ.get("COCOATTR_ORT_SPINNING", "0")  # "1": onnxruntime's default
 OPSET = 17
 # the code that defines the graph: a graph exported by other code is exported again, not served
 GRAPH_SOURCES = ("engine.py", "inference.py", "model.py", "features.py", "detector.py", "backbones.py")
+GRAPH_SOURCES += ("transforms.py",)  # the graph's first step is `transforms.normalize_pixels`
 META_SHA, META_VERSION, META_OPSET = "cocoattr.weights_sha256", "cocoattr.graph_version", "cocoattr.opset"
 HEAD_OUTPUTS = ("logits", "maps", "embedding", "tokens")
 INPUT = "pixels"
@@ -71,25 +72,27 @@ class ServingGraph(nn.Module):
         self.scale, self.shift = pixel_constants(model)
         # upstream's BGR constants in RGB order, and a detector copy whose first convolution reads
         # RGB (its weights' input channels reversed): the same sums, no reversed copy of the batch
-        self.det_mean, self.det_std = (torch.tensor(c[::-1]).view(1, 3, 1, 1) for c in (MEAN_BGR, STD_BGR))
+        mean, std = (torch.tensor(c[::-1], dtype=torch.float32).view(1, 3, 1, 1) for c in (MEAN_BGR, STD_BGR))
+        self.det_scale, self.det_shift = 1.0 / std, -mean / std
         self.detector = _reading_rgb(model.backbone.detector) if model.backbone.detector is not None else None
         self.eval()  # the exporter restores the wrapper's mode afterwards, recursively: keep it eval
 
-    def _detector_input(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The detector's input straight from the pixels with upstream NanoDet's 0..255 mean/std
-        (`detector.preprocess`), in RGB order for `_reading_rgb`, not from the backbone's
-        normalised batch as `FeatureGrid.detect` does: the same values up to rounding, three
-        passes over the batch fewer."""
-        return (pixels.permute(0, 3, 1, 2).float() - self.det_mean) / self.det_std
+    def _detector_input(self, planes: torch.Tensor) -> torch.Tensor:
+        """The detector's input straight from the pixel planes with upstream NanoDet's 0..255
+        mean/std (`detector.preprocess`, as a multiply and an add), in RGB order for
+        `_reading_rgb`, not from the backbone's normalised batch as `FeatureGrid.detect` does:
+        the same values up to rounding, with fewer passes over the batch."""
+        return planes * self.det_scale + self.det_shift
 
     def output_names(self) -> list[str]:
         levels = len(self.model.backbone.detector.strides) if self.model.backbone.detector else 0
         return [*HEAD_OUTPUTS, *(f"scores{i}" for i in range(levels)), *(f"dists{i}" for i in range(levels))]
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = normalize_pixels(pixels, self.scale, self.shift)
+        planes = pixel_planes(pixels)  # one transpose and cast for both bodies
+        x = planes * self.scale + self.shift  # `normalize_pixels`, bit for bit
         grid = self.model.backbone
-        detections = self.detector(self._detector_input(pixels)) if self.detector is not None else None
+        detections = self.detector(self._detector_input(planes)) if self.detector is not None else None
         tokens, h, w = self.head._tokens(grid.parts(x, detections))
         o = self.head._head(tokens, h, w)
         extra = [*detections.scores, *detections.distributions] if detections is not None else []

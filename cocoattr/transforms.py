@@ -51,12 +51,18 @@ def normalize_constants(mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor
     return scale, shift.view(1, 3, 1, 1)
 
 
+def pixel_planes(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 tensor -> (B, 3, H, W) float 0..255: the one transpose and cast every
+    normalisation starts from (the serving graph shares it between the backbone and the detector)."""
+    return pixels.permute(0, 3, 1, 2).float()
+
+
 def normalize_pixels(pixels: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 tensor -> (B, 3, H, W) float: `normalize` on a tensor, and the first
     step of the exported serving graph (`cocoattr.engine`). A multiply, then an add: two
     roundings as onnxruntime makes them, not `torch.addcmul`'s fused one, so the engine's input
     is bit for bit this one (the colour channels threshold it: tests/test_transforms.py)."""
-    return pixels.permute(0, 3, 1, 2).float() * scale + shift
+    return pixel_planes(pixels) * scale + shift
 
 
 def preprocess(images: Sequence[Image.Image], size: int, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
