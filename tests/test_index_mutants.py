@@ -6,6 +6,7 @@ what a build passes on (device, records, thumbnails, saves every N) and each lin
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -396,3 +397,117 @@ def test_open_or_build_says_each_step(tmp_path, folder):  # noqa: F811
     assert said == [] and again.folder == folder.resolve() and again.paths == index.paths
     ix.open_or_build(FakePredictor(tmp_path / "v2", weights=b"v2"), folder, path, say=said.append)
     assert said[0] == f"index {path} is stale (the checkpoint changed); updating it"
+
+
+# --- what the second mutation run found (tests/mutation.py index: 61 survivors, 25 equivalent) --
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Two real gallery photos (thumbnails need decodable JPEGs) and a corrupt one."""
+    root = tmp_path / "real"
+    root.mkdir()
+    for src in sorted((gallery_root() / "images").glob("*.jpg"))[:2]:
+        (root / src.name).write_bytes(src.read_bytes())
+    return root
+
+
+def test_thumbnails_are_real_jpegs_made_only_when_asked(tmp_path, photos, monkeypatch):
+    from PIL import Image
+
+    made: list[str] = []
+    real = ix.thumbnail_jpeg
+    monkeypatch.setattr(ix, "thumbnail_jpeg", lambda p: (made.append(Path(p).name), real(p))[1])
+    out = tmp_path / "i.npz"
+    plain = build_index(photos, out, FakePredictor(tmp_path / "c"), progress=False)
+    assert plain.index.thumbnails is None and made == []  # the default: none, and none made
+    with_thumbs = build_index(photos, out, FakePredictor(tmp_path / "c"), thumbnails=True, progress=False)
+    assert with_thumbs.reused == 2 and sorted(made) == sorted(with_thumbs.index.paths)  # old index had none
+    for blob in with_thumbs.index.thumbnails:
+        with Image.open(io.BytesIO(blob)) as im:
+            assert im.format == "JPEG" and max(im.size) <= 256
+    (photos / "fresh.jpg").write_bytes(next(iter(photos.glob("*.jpg"))).read_bytes())
+    made.clear()
+    fresh = build_index(photos, out, FakePredictor(tmp_path / "c"), thumbnails=True, progress=False)
+    assert made == ["fresh.jpg"] and all(b.startswith(b"\xff\xd8") for b in fresh.index.thumbnails)
+
+
+def test_a_rebuild_keeps_the_stored_thumbnails_of_unchanged_images(tmp_path, photos):
+    out = tmp_path / "i.npz"
+    build_index(photos, out, FakePredictor(tmp_path / "c"), thumbnails=True, progress=False)
+    stored = Index.load(out)
+    stored.thumbnails = [b"\xff\xd8 kept %d" % i for i in range(len(stored))]
+    stored.save(out)
+    again = build_index(photos, out, FakePredictor(tmp_path / "c"), thumbnails=True, progress=False)
+    assert again.reused == 2 and again.index.thumbnails == stored.thumbnails
+
+
+def test_a_failed_image_is_reported_with_its_message(tmp_path, folder):  # noqa: F811
+    (folder / "broken.jpg").write_bytes(b"bad bytes")
+    report = build_index(folder, tmp_path / "i.npz", FakePredictor(tmp_path / "c"), progress=False)
+    assert report.failed == [("broken.jpg", f"{folder / 'broken.jpg'}: not an image (unrecognised format)")]
+
+
+def test_an_interrupted_build_saves_a_file_marked_incomplete(tmp_path, folder):  # noqa: F811
+    out = tmp_path / "i.npz"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build_index(folder, out, FakePredictor(tmp_path / "c", fail_after=2), progress=False)
+    meta, data = arrays_of(out)
+    assert meta["complete"] is False and len(data["paths"]) == 2
+
+
+def test_scan_goes_on_past_a_listed_file_that_is_gone(folder):  # noqa: F811
+    assert sorted(ix._scan(folder, ["gone.jpg", "a.jpg", "b.jpg"])) == ["a.jpg", "b.jpg"]
+
+
+def test_a_build_loads_its_checkpoint_with_batch_16_on_the_cpu_by_default(tmp_path, folder, monkeypatch):  # noqa: F811
+    import cocoattr.predictor as predictor
+
+    asked = []
+
+    def from_checkpoint(checkpoint, batch_size, device):
+        asked.append((checkpoint, batch_size, device))
+        return FakePredictor(tmp_path / "c")
+
+    monkeypatch.setattr(predictor.Predictor, "from_checkpoint", staticmethod(from_checkpoint))
+    build_index(folder, tmp_path / "i.npz", checkpoint="ck", progress=False)
+    assert asked == [("ck", 16, "cpu")]
+
+
+def test_open_or_build_without_a_path_builds_the_default_file(tmp_path, folder, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setattr(ix, "INDEX_DIR", tmp_path / "indexes")
+    said: list[str] = []
+    index = ix.open_or_build(FakePredictor(tmp_path / "c"), folder, None, say=said.append)
+    expected = ix.default_index_path(str(folder.resolve()))
+    assert expected.parent == tmp_path / "indexes" and expected.is_file() and len(index) == 4
+    assert said == [f"no index at {expected}: building it over {folder} (first start only)"]
+    assert "indexing: 100%" in capsys.readouterr().err
+
+
+def test_an_entry_outside_the_folder_is_refused_naming_the_index_entry(tmp_path):
+    with pytest.raises(UserError) as e:
+        ix.safe_relative(tmp_path, "../etc/passwd")
+    assert str(e.value) == "index: entry '../etc/passwd' points outside the indexed folder; refusing it"
+
+
+def test_the_backend_kind_is_honoured_and_auto_by_default():
+    from cocoattr.backends import FaissBackend, NumpyBackend
+
+    index = full_index()
+    assert isinstance(index.backend(), NumpyBackend) and index.backend() is index.backend("numpy")
+    faiss = index.backend("faiss")
+    assert isinstance(faiss, FaissBackend) and index.backend("faiss") is faiss
+    idx, _ = faiss.top_k(index.embeddings[2], 1)
+    assert idx.tolist() == [2]  # each embedding is its own nearest neighbour
+
+
+def test_a_snapshot_carries_the_checkpoint_text_tensors(tmp_path):
+    import torch
+
+    pred = FakePredictor(tmp_path / "c")
+    pred.model.text_embeddings = torch.arange(len(ATTRS) * 3, dtype=torch.float32).view(len(ATTRS), 3)
+    pred.model.text_proj = torch.nn.Linear(3, DIM)
+    snap = ix._Builder("/photos", pred, None).snapshot(complete=True)
+    np.testing.assert_array_equal(snap.attribute_text, pred.model.text_embeddings.numpy())
+    np.testing.assert_array_equal(snap.text_proj[0], pred.model.text_proj.weight.detach().numpy())
+    np.testing.assert_array_equal(snap.text_proj[1], pred.model.text_proj.bias.detach().numpy())
