@@ -578,3 +578,41 @@ def test_a_complete_offline_copy_needs_every_parquet_vouched_for(tmp_path):
     assert dl._complete_offline_copy(hub, dest) is True
     (dest / "data" / "c.parquet.part").write_bytes(b"PAR1")
     assert dl._complete_offline_copy(hub, dest) is False  # a download still under way
+
+
+def test_the_listing_is_asked_at_the_commit_just_resolved(at_hub, tmp_path):
+    files = {"data/val-0.parquet": PARQUET, "README.md": b"card"}
+    at_hub.datasets[COCONUT_VAL] = files
+    n = len(at_hub.requests)
+    dl.download("coconut-val", tmp_path)
+    trees = [r for r in at_hub.requests[n:] if "/tree/" in r]
+    assert trees == [
+        f"GET /api/datasets/{COCONUT_VAL}/tree/{at_hub.sha(files)}"
+    ]  # never main: a push between
+    # resolving and listing must not mix two commits
+
+
+def test_an_error_without_a_message_is_named_by_its_type(at_hub, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def refuse(*args, **kwargs):
+        raise OSError()  # str() is ""
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", refuse)
+    with pytest.raises(UserError) as e:
+        dl.fetch_hub_dataset(resources.RESOURCES["coconut-val"].hub, tmp_path / "c", retries=1)
+    assert "cannot be reached (offline? OSError); run the same command online" in str(e.value)
+
+
+def test_every_missing_parquet_pattern_is_named(at_hub, tmp_path):
+    import dataclasses
+
+    at_hub.datasets[COCONUT_VAL] = {"README.md": b"card"}
+    hub = dataclasses.replace(
+        resources.RESOURCES["coconut-val"].hub, patterns=("a/*.parquet", "b/*.parquet", "README.md")
+    )
+    with pytest.raises(UserError) as e:
+        dl.fetch_hub_dataset(hub, tmp_path / "c", retries=1)
+    assert str(e.value) == (
+        f"Hub dataset {COCONUT_VAL!r}: the repo has no a/*.parquet, b/*.parquet (not a COCONut-style dataset repo?)"
+    )
