@@ -16,8 +16,9 @@ shape, stride, padding and fused activation. The graph fixes the architecture:
   person centre (1), regression from the centre to each keypoint (34) and per-cell offsets (34);
   channel 2k is keypoint k's y, 2k + 1 its x, in cells.
 * single-pose decoding: the centre cell maximises sigmoid(centre) / (distance to cell (24, 24) +
-  1.8); each keypoint's cell maximises sigmoid(heatmap) / (distance to centre + regression + 1.8);
-  its (y, x) is (cell + offset) / 48 and its score the unweighted heatmap there. TF.js writes all
+  1.8), so the most central person wins; each keypoint's cell maximises sigmoid(heatmap) /
+  (distance to the centre cell + its regression + 1.8), so it stays on that person; its (y, x) is
+  (cell + offset) / 48 and its score the unweighted heatmap there. TF.js writes all
   constants in fp16 (1/127.5 -> 0.0078430, 1/48 -> 0.0208282, 1.8 -> 1.7998); they are buffers here,
   taken from the graph, so the port reproduces those roundings rather than the exact values.
 """
@@ -132,10 +133,12 @@ class MoveNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.last = Conv(320, 1280, 1, "model/Conv_1", activation="Relu6")
         # laterals for Conv_1, block 9, block 5, block 2 (coarse to fine), then the top-down convs
-        self.laterals = nn.ModuleList(Conv(c, o, 1, f"model_1/conv2d{f'_{i}' if i else ''}")
-                                      for i, (c, o) in enumerate(((1280, 64), (64, 64), (32, 32), (24, 24))))  # fmt: skip
-        self.fpn = nn.ModuleList(SeparableConv(c, o, f"model_1/separable_conv2d{f'_{i}' if i else ''}")
-                                 for i, (c, o) in enumerate(((64, 32), (32, 24), (24, 24))))  # fmt: skip
+        suffix = ("", "_1", "_2", "_3")
+        lateral_sizes, fpn_sizes = ((1280, 64), (64, 64), (32, 32), (24, 24)), ((64, 32), (32, 24), (24, 24))
+        self.laterals = nn.ModuleList(Conv(c, o, 1, f"model_1/conv2d{suffix[i]}")
+                                      for i, (c, o) in enumerate(lateral_sizes))  # fmt: skip
+        self.fpn = nn.ModuleList(SeparableConv(c, o, f"model_1/separable_conv2d{suffix[i]}")
+                                 for i, (c, o) in enumerate(fpn_sizes))  # fmt: skip
         self.heatmap = Head("kpt_heatmap_0", "separable_conv2d_4", "conv2d_5", len(KEYPOINTS))
         self.centre = Head("center_0", "separable_conv2d_3", "conv2d_4", 1)
         self.regress = Head("kpt_regress_0", "separable_conv2d_5", "conv2d_6", 2 * len(KEYPOINTS))
@@ -191,6 +194,7 @@ class MoveNet(nn.Module):
         return self.decode(*self.maps(pixels))[0]
 
     def conv_layers(self) -> list[tuple[str, Conv]]:
+        """(module name, Conv) of every convolution; each knows the TF layer it converts from."""
         return [(name, m) for name, m in self.named_modules() if isinstance(m, Conv)]
 
 
@@ -221,26 +225,22 @@ def movenet_state_dict(tarball: str | os.PathLike, model_json: str = MOVENET_MOD
         if len(found) != 1:
             raise UserError(f"{source}: {len(found)} {op} nodes for layer {conv.scope} ({name}), expected 1")
         node = found[0]
-        padding_ok = node.padding == "SAME" or conv.kernel_size == (1, 1)
-        if (node.stride, node.activation, node.bias is None) != (conv.stride[0], conv.activation, conv.bias is None) \
-                or not padding_ok:  # fmt: skip
-            raise UserError(f"{source}: {node.name} has stride {node.stride}, {node.padding} padding, activation "
-                            f"{node.activation}, bias {node.bias is not None}; {name} does not")  # fmt: skip
-        take(
-            f"{name}.weight",
-            node.kernel,
-            tfjs.torch_kernel(graph.weights[node.kernel], op),
-            tuple(conv.weight.shape),
-        )
+        wanted = (conv.stride[0], conv.activation, conv.bias is None)
+        valid_ok = conv.kernel_size == (1, 1)  # Conv pads like SAME, which for 1x1 is VALID
+        if (node.stride, node.activation, node.bias is None) != wanted or (
+            node.padding != "SAME" and not valid_ok
+        ):
+            has = f"stride {node.stride}, {node.padding} padding, activation {node.activation}"
+            raise UserError(f"{source}: {node.name} has {has}, bias {node.bias is not None}; {name} does not")
+        kernel = tfjs.torch_kernel(graph.weights[node.kernel], op)
+        take(f"{name}.weight", node.kernel, kernel, tuple(conv.weight.shape))
         if node.bias is not None:
             take(f"{name}.bias", node.bias, graph.weights[node.bias], tuple(conv.bias.shape))
     buffers = dict(model.named_buffers())
     for key, name in GRAPH_BUFFERS.items():
         if name not in graph.weights:
             raise UserError(f"{source}: no constant {name} (for {key})")
-        array = graph.weights[name]
-        take(key, name, array.reshape(buffers[key].shape) if array.size == buffers[key].numel() else array,
-             tuple(buffers[key].shape))  # fmt: skip
+        take(key, name, np.squeeze(graph.weights[name]), tuple(buffers[key].shape))  # (1, 1, 1, 3) -> (3,)
     for name, expected in GRAPH_FIXED.items():
         if name not in graph.weights or not np.array_equal(graph.weights[name], expected):
             raise UserError(f"{source}: constant {name} is not what MoveNet's decoding hard-codes")

@@ -246,6 +246,12 @@ def test_a_graph_that_is_not_movenet_lightning_is_refused(tmp_path, model_json, 
     ):
         pose.movenet_state_dict(edited_graph(tmp_path, model_json, unstrided))
 
+    def unpadded(model):
+        node(model, "block_4_depthwise/depthwise")["attr"]["padding"]["s"] = "VkFMSUQ="  # base64 "VALID"
+
+    with pytest.raises(UserError, match="block_4_depthwise/depthwise has stride 1, VALID padding"):
+        pose.movenet_state_dict(edited_graph(tmp_path, model_json, unpadded))
+
     def swapped_grids(model):  # same shapes, so the real weights still read: rows and columns swapped
         for w in model["weightsManifest"][0]["weights"]:
             if w["name"].rpartition("_")[0].endswith("strided_slice"):
