@@ -3,6 +3,8 @@
 Writes bench/results.json and bench/README.md (table + machine info), plus profiles under
 bench/profiles/. The machine is shared and noisy, so every comparison interleaves its A and B
 repetitions (A, B, A, B, ...) and reports medians; ratios are medians of per-pair ratios.
+A run with --skip merges into the existing results.json (the sections it skipped are kept, marked
+as from an earlier run); README.md keeps its hand-written `## ` sections on every run.
 
     .venv/bin/python bench/run.py [--quick] [--skip app,train,...]
 
@@ -19,6 +21,7 @@ import gc
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import socket
@@ -27,7 +30,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from cocoattr.allocator import tune_malloc  # noqa: E402
+from cocoattr.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 BENCH = REPO / "bench"
 GALLERY_DIR = REPO / "cocoattr" / "gallery" / "images"
@@ -48,6 +53,13 @@ TARGETS = {
     "predict_vs_engine_backbone_ratio": {"1": 0.6, "16": 0.8},
     "search_ms_at_100k": 30.0,
 }
+SECTIONS = ("predict", "allocator", "index", "train", "search", "app", "profiles")  # the order they run in
+PREDICT_DERIVED = (
+    "predict_vs_backbone_ratio",
+    "predict_vs_engine_backbone_ratio",
+    "engine_backbone_ceiling_ratio",
+)
+SEARCH_SIZES = ("10k", "100k", "1m")
 
 
 def log(msg: str) -> None:
@@ -646,6 +658,119 @@ def write_profiles(pred, files: list[Path], attributes: list[str]) -> dict:
     return {"files": sorted(str(p.relative_to(REPO)) for p in folder.iterdir())}
 
 
+# ----------------------------------------------------------------------------- merge a partial run
+
+
+def machine_summary(m: dict) -> str:
+    """One line naming the machine, stored in each section: a section kept from an earlier run says where."""
+    return (f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, torch {m.get('torch')} "
+            f"with {m.get('torch_threads')} threads")  # fmt: skip
+
+
+def stamp(section: dict, m: dict) -> dict:
+    """Record when and where a section was measured: after a partial run that is no longer the run's own."""
+    section["measured_at"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    section["measured_on"] = machine_summary(m)
+    return section
+
+
+def kept_sections(results: dict) -> list[str]:
+    """The sections this run did not measure but carried over from an earlier results.json."""
+    return [
+        n for n in SECTIONS if isinstance(results.get(n), dict) and results[n].get("kept_from_earlier_run")
+    ]
+
+
+def derive(results: dict) -> dict:
+    """The top-level headline figures, recomputed from the sections the results hold now, never carried."""
+    out = {k: v for k, v in results.items() if k not in PREDICT_DERIVED and not k.startswith("search_ms_at_")}
+    search = out.get("search")
+    if isinstance(search, dict):
+        for key in SEARCH_SIZES:
+            r = search.get(f"search_ms_at_{key}")
+            if isinstance(r, dict) and "attribute_api_numpy" in r:
+                out[f"search_ms_at_{key}"] = r["attribute_api_numpy"]
+    predict = out.get("predict")
+    if isinstance(predict, dict) and isinstance(predict.get("batches"), dict):
+        for key in PREDICT_DERIVED:
+            out[key] = {b: r[key] for b, r in predict["batches"].items() if key in r}
+    return out
+
+
+def load_previous(path: Path) -> tuple[dict | None, str | None]:
+    """The committed results a partial run merges into, or None and why they cannot be used."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"no {path.name} to merge into: writing only this run's sections"
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
+        why = f"is unreadable or not valid JSON ({type(e).__name__}: {e})"
+    else:
+        if isinstance(old, dict):
+            return old, None
+        why = f"holds a JSON {type(old).__name__}, not an object"
+    return None, f"{path.name} {why}; writing only this run's sections"
+
+
+def merge_results(new: dict, old: dict, ran: Collection[str]) -> dict:
+    """Fold a partial run into the previous results, so skipping a section does not lose its figures.
+
+    A section this run measured replaces the old one; any other old section is kept, marked
+    `kept_from_earlier_run` (a section that ran and failed keeps its old figures too, beside the new
+    error). Errors of sections that ran are dropped, those of skipped ones stay. The run's own
+    top-level keys (machine, checkpoint, ...) win and old hand-added ones are dropped; the headline
+    figures are recomputed from the merged sections. `new` and `old` are not modified.
+    """
+    merged = {k: v for k, v in new.items() if k not in SECTIONS}
+    old_machine = old.get("machine")
+    for name in SECTIONS:
+        if name in new:
+            merged[name] = new[name]
+        elif isinstance(old.get(name), dict):
+            kept = {**old[name], "kept_from_earlier_run": True}
+            if "measured_on" not in kept and isinstance(old_machine, dict):
+                kept["measured_on"] = machine_summary(old_machine)  # sections from before the stamp
+            merged[name] = kept
+    old_errors = old.get("errors") if isinstance(old.get("errors"), dict) else {}
+    merged["errors"] = {k: v for k, v in old_errors.items() if k not in ran} | dict(new.get("errors", {}))
+    return derive(merged)
+
+
+def readme_with_history(generated: str, existing: bytes | None) -> bytes:
+    """The generated top, then the existing README from its first `## ` line on, byte for byte.
+
+    Those sections are the hand-written history of each measurement; regenerating must not lose them.
+    """
+    found = re.search(rb"^## ", existing or b"", re.MULTILINE)
+    if found is None:
+        return generated.encode("utf-8")
+    return generated.rstrip("\n").encode("utf-8") + b"\n\n" + existing[found.start() :]
+
+
+def combine(results: dict, skip: Collection[str], previous: Path) -> dict:
+    """The results to write: a full run's alone, a partial run's merged into `previous`."""
+    old = None
+    if skip:  # a partial run: merge into the committed figures rather than drop the skipped sections
+        old, problem = load_previous(previous)
+        if problem:
+            log(problem)
+    if old is None:
+        return derive(results)
+    merged = merge_results(results, old, [n for n in SECTIONS if n not in skip])
+    dropped = [k for k in old if k not in merged]
+    log(f"merged into {previous.name}: kept {kept_sections(merged) or 'nothing'} from the earlier run"
+        + (f", dropped its top-level {dropped}" if dropped else ""))  # fmt: skip
+    return merged
+
+
+def write_report(results: dict, folder: Path) -> None:
+    """Write results.json and README.md atomically (a crash leaves the old ones); the README keeps its history."""
+    atomic_write_text(folder / "results.json", json.dumps(results, indent=1) + "\n")
+    readme_path = folder / "README.md"
+    existing = readme_path.read_bytes() if readme_path.exists() else None
+    atomic_write_bytes(readme_path, readme_with_history(readme(results), existing))
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -654,7 +779,9 @@ def fmt(v: object) -> str:
 
 
 def readme(results: dict) -> str:
+    """The generated top of bench/README.md: text, machine, table, breakdown (never a `## ` line)."""
     m = results["machine"]
+    kept = kept_sections(results)
     lines = [
         "# cocoattr benchmarks",
         "",
@@ -670,7 +797,8 @@ def readme(results: dict) -> str:
         "since on 2 cores decoding cannot overlap the CNN. `predict_vs_backbone_ratio` (issue #7) compares",
         "with the torchvision MobileNetV2 body alone in eager torch.",
         "",
-        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['memory_gb']} GiB, torch {m['torch']} "
+        f"Machine{' of this run' if kept else ''}: {m['cpu']}, {m['logical_cores']} logical cores, "
+        f"{m['memory_gb']} GiB, torch {m['torch']} "
         f"with {m['torch_threads']} threads, numpy {m['numpy']}, faiss {m['faiss']}, Python {m['python']}. "
         f"Load average at start {m['loadavg_start']}, at end {m.get('loadavg_end')}. Run took "
         f"{results.get('seconds_total')} s.",
@@ -752,6 +880,13 @@ def readme(results: dict) -> str:
                          f"{lat['p90']} ms | {lat['calls']} calls, one gallery photo each, after 2 warm-up calls |")  # fmt: skip
     for k, v in results.get("errors", {}).items():
         lines.append(f"| {k} | error | {v[:200]} |")
+    if kept:
+        when = "; ".join(
+            f"{n} measured {results[n].get('measured_at', 'at an unrecorded time')} on "
+            f"{results[n].get('measured_on', 'an unrecorded machine')}"
+            for n in kept
+        )
+        lines += ["", f"Kept from an earlier run (this run did not measure them): {when}."]
     if p and "breakdown_ms_batch16" in p:
         lines += ["", "Batch-16 predict breakdown (ms, medians):", ""]
         lines += [f"- {k}: {v}" for k, v in p["breakdown_ms_batch16"].items()]
@@ -765,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="fewer repetitions, no 1M search, smaller index runs"
     )
     parser.add_argument(
-        "--skip", default="", help="comma-separated: predict,allocator,search,train,index,app,profiles"
+        "--skip", default="", help=f"comma-separated: {','.join(SECTIONS)}; the rest of results.json is kept"
     )
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -777,16 +912,17 @@ def main(argv: list[str] | None = None) -> int:
         pred, checkpoint, note = load_predictor(Path(tmp))
         results["checkpoint"] = checkpoint
         results["checkpoint_note"] = note
-        sections: list[tuple[str, Callable[[], dict]]] = [
-            ("predict", lambda: bench_predict(pred, files, args.quick)),
-            ("allocator", lambda: bench_allocator(checkpoint, files, args.quick)),
-            ("index", lambda: bench_index(pred, files, args.quick)),
-            ("train", lambda: bench_train(checkpoint, files, args.quick)),
-            ("search", lambda: bench_search(pred.attributes, args.quick)),
-            ("app", bench_app),
-            ("profiles", lambda: write_profiles(pred, files, pred.attributes)),
-        ]
-        for name, fn in sections:
+        sections: dict[str, Callable[[], dict]] = {
+            "predict": lambda: bench_predict(pred, files, args.quick),
+            "allocator": lambda: bench_allocator(checkpoint, files, args.quick),
+            "index": lambda: bench_index(pred, files, args.quick),
+            "train": lambda: bench_train(checkpoint, files, args.quick),
+            "search": lambda: bench_search(pred.attributes, args.quick),
+            "app": bench_app,
+            "profiles": lambda: write_profiles(pred, files, pred.attributes),
+        }
+        assert tuple(sections) == SECTIONS
+        for name, fn in sections.items():
             if name in skip:
                 continue
             log(f"{name} ...")
@@ -795,26 +931,18 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = fn()
                 results[name]["section_seconds"] = round(time.perf_counter() - t0, 1)
                 results[name]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+                stamp(results[name], results["machine"])
             except Exception as e:  # one broken section (code in flux) must not lose the others
                 results["errors"][name] = f"{type(e).__name__}: {e}"
                 log(f"{name} failed: {type(e).__name__}: {e}")
             gc.collect()
-    for key in ("10k", "100k", "1m"):
-        if "search" in results and f"search_ms_at_{key}" in results["search"]:
-            results[f"search_ms_at_{key}"] = results["search"][f"search_ms_at_{key}"]["attribute_api_numpy"]
-    if "predict" in results:
-        for key in (
-            "predict_vs_backbone_ratio",
-            "predict_vs_engine_backbone_ratio",
-            "engine_backbone_ceiling_ratio",
-        ):
-            results[key] = {b: r[key] for b, r in results["predict"]["batches"].items()}
+    run_failed = bool(results["errors"])
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds_total"] = round(time.perf_counter() - t_start, 1)
-    (BENCH / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (BENCH / "README.md").write_text(readme(results))
+    results = combine(results, skip, BENCH / "results.json")
+    write_report(results, BENCH)
     log(f"wrote bench/results.json and bench/README.md in {results['seconds_total']} s")
-    return 1 if results["errors"] else 0
+    return 1 if run_failed else 0
 
 
 if __name__ == "__main__":
