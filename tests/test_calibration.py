@@ -66,15 +66,20 @@ def test_offsets_learn_a_base_rate_and_shrink_to_zero(calibrate):
     assert np.abs(loose).max() > 10 * np.abs(tight).max()
 
 
-def test_k_fold_never_sees_the_labels_it_scores(calibrate):
+@pytest.mark.parametrize("refit_types", [False, True], ids=["offsets", "types-and-offsets"])
+def test_k_fold_never_sees_the_labels_it_scores(calibrate, refit_types):
     attn, mean, labels = _toy(np.random.default_rng(1))
     base = np.tile([1.0, 1.0, -3.0], (2, 1))
-    held = calibrate.k_fold(attn, mean, labels, base, shrinkage=0.3, folds=3)
+    types = np.array(["shape", "texture"]) if refit_types else None
+    held = calibrate.k_fold(attn, mean, labels, base, shrinkage=0.3, folds=3, types=types)
     flipped = labels.copy()
     flipped[0::3] = 1 - np.clip(flipped[0::3], 0, 1)  # change every label of fold 0
-    again = calibrate.k_fold(attn, mean, flipped, base, shrinkage=0.3, folds=3)
+    again = calibrate.k_fold(attn, mean, flipped, base, shrinkage=0.3, folds=3, types=types)
     np.testing.assert_allclose(held[0::3], again[0::3], atol=1e-6)  # fold 0 scored by the others alone
     assert not np.allclose(held[1::3], again[1::3], atol=1e-3)  # fold 0 did train the rest
+    if refit_types:  # the type triples came from the folds, not from `base`
+        offsets_only = calibrate.k_fold(attn, mean, labels, base, shrinkage=0.3, folds=3)
+        assert not np.allclose(held, offsets_only, atol=1e-2)
 
 
 def test_the_file_records_the_held_out_figures():
