@@ -69,6 +69,9 @@ class ServingGraph(nn.Module):
     def __init__(self, model: AttributeModel) -> None:
         super().__init__()
         self.model, self.head = model.eval(), InferenceModel(model)
+        # the head's constants made now, not while tracing: the exporter would record their
+        # derivation from the weights (`live`'s nonzero among it) instead of their values
+        self.head._refresh()
         self.scale, self.shift = pixel_constants(model)
         # upstream's BGR constants in RGB order, and a detector copy whose first convolution reads
         # RGB (its weights' input channels reversed): the same sums, no reversed copy of the batch

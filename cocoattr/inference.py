@@ -3,7 +3,8 @@
 `InferenceModel` computes `AttributeModel.forward` up to float rounding (tests/test_inference.py
 checks it) with the head's image-independent work done once: projected queries, the attention's
 output projection folded into the classifier, `token_proj` split by input part with all-zero
-blocks skipped (the zero-shot default never reads the 1280 raw CNN channels). It is the graph
+blocks skipped (the zero-shot default never reads the 1280 raw CNN channels) and token dimensions
+that are zero on every image left out. It is the graph
 `cocoattr.engine` exports for onnxruntime (CPU), the torch path `Predictor` runs on CUDA, and
 the per-object head (`with_objects`, `objects_from`). The backbone runs as the model has it:
 onnxruntime folds BatchNorm and fuses activations itself, cuDNN needs neither.
@@ -119,24 +120,33 @@ class InferenceModel:
             q = (m.queries() @ wq.T + bq).view(-1, heads, d // heads).transpose(0, 1) / (d // heads) ** 0.5
             # logit = c . (W_o x + b_o) = (W_o^T c) . x + c . b_o
             self.q = q
+            # token dimensions that are zero on every image (no token_proj row, bias or position
+            # feeds them) are dropped: every matmul reading the tokens gets shorter, and the result
+            # is the same sum. The zero-shot default uses 274 of its 512.
+            offset = m.token_proj.bias + m.pos_embed[0]  # token_proj's bias and position, added once
+            live = (m.token_proj.weight.any(1) | offset.any(0)).nonzero()[:, 0]
+            self.live = None if len(live) == d else live if len(live) else live.new_zeros(1)
+            rows = self.live if self.live is not None else slice(None)
             self.wkv, self.bkv = (
-                torch.cat([wk, wv]).T.contiguous(),
+                torch.cat([wk, wv]).T[rows].contiguous(),
                 torch.cat([bk, bv]),
             )  # one matmul for k and v
             self.cls_eff = m.cls_weight @ m.attn.out_proj.weight
             self.bias_eff = m.cls_bias + m.cls_weight @ m.attn.out_proj.bias
             # the mean token feeds the classifier's global term and the embedding: one matmul
-            self.pooled_w = torch.cat([m.cls_global, m.image_proj.weight]).T.contiguous()
+            self.pooled_w = torch.cat([m.cls_global, m.image_proj.weight]).T[rows].contiguous()
             self.pooled_b = torch.cat([self.bias_eff, m.image_proj.bias])
-            # token_proj's bias and the position embedding, added once
-            self.offset = m.token_proj.bias + m.pos_embed[0]
+            self.offset, self.bias = offset[:, rows].contiguous(), m.token_proj.bias[rows].contiguous()
         self._part_sizes: tuple[int, ...] | None = None
         self._key = key
 
     def _token_blocks(self, sizes: tuple[int, ...]) -> list[torch.Tensor | None]:
-        """token_proj's weight split by input part, transposed, None where all zero."""
+        """token_proj's weight (its live rows) split by input part, transposed, None where all zero."""
+        self._refresh()
         if self._part_sizes != sizes:
-            blocks = self.model.token_proj.weight.detach().split(list(sizes), dim=1)
+            weight = self.model.token_proj.weight.detach()
+            weight = weight if self.live is None else weight[self.live]
+            blocks = weight.split(list(sizes), dim=1)
             self._blocks = [None if not blk.any() else blk.T.contiguous() for blk in blocks]
             self._groups = _token_groups(self._blocks)
             self._part_sizes = sizes
@@ -186,7 +196,7 @@ class InferenceModel:
         return self._head(tokens, h, w), region_logits(self, tokens, h, w, regions)
 
     def _tokens(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-        """(B, N, d) tokens from `FeatureGrid.parts`: each part read cell-major, the small
+        """(B, N, live) tokens from `FeatureGrid.parts` (the live token dimensions, `_refresh`): each part read cell-major, the small
         evidence parts as one concatenated block (one matmul), bias and position added once.
         Shapes are Python ints but for the batch, so the exported graph has no shape arithmetic."""
         self._refresh()
@@ -198,7 +208,7 @@ class InferenceModel:
             grid = parts[indices[0]] if len(indices) == 1 else torch.cat([parts[i] for i in indices], 1)
             term = grid.permute(0, 2, 3, 1).reshape(-1, h * w, int(grid.shape[1])) @ weight
             tokens = term if tokens is None else tokens + term
-        offset = self.offset if h * w == m.pos_embed.shape[1] else m.token_proj.bias
+        offset = self.offset if h * w == m.pos_embed.shape[1] else self.bias
         if tokens is None:  # every block zero: the tokens are the bias (and position) alone
             return offset.expand(parts[0].shape[0], h * w, -1), h, w
         return tokens + offset, h, w
@@ -209,7 +219,7 @@ class InferenceModel:
         """The attention head; `cells` (B, N) bool restricts attention and pooling to those cells."""
         m = self.model
         heads = m.attn.num_heads
-        n, d = int(tokens.shape[1]), int(tokens.shape[2])
+        n, d = int(tokens.shape[1]), m.attn.embed_dim
         a = int(self.q.shape[1])
         kv = (tokens @ self.wkv + self.bkv).view(-1, n, 2 * heads, d // heads)  # (B, N, 2H, dh)
         k, v = (

@@ -30,6 +30,29 @@ def test_inference_model_equals_the_training_path(random_model):
     assert not torch.allclose(fast.logits, fast2.logits)
 
 
+def test_token_dimensions_zero_on_every_image_are_left_out_and_change_nothing(random_model):
+    """A token dimension no weight, bias or position feeds is dropped from the tokens (every
+    matmul reading them shrinks); one fed only by the position embedding is kept. Same outputs."""
+    model = random_model(zero_features=False)
+    dead, position_only = [1, 5, 9, 30, 63], 17
+    with torch.no_grad():
+        for j in (*dead, position_only):
+            model.token_proj.weight[j] = 0
+            model.token_proj.bias[j] = 0
+            model.pos_embed[..., j] = 0
+        model.pos_embed[0, 3, position_only] = 0.5
+    engine = InferenceModel(model)
+    x = torch.randn(2, 3, model.image_size, model.image_size)
+    with torch.no_grad():
+        want = model(x)
+        tokens, _, _ = engine._tokens(engine.prepared_backbone().parts(x))
+    got = engine(x)
+    assert tokens.shape[-1] == model.attn.embed_dim - len(dead)
+    assert torch.allclose(got.logits, want.logits, atol=1e-5)
+    assert torch.allclose(got.maps, want.maps, atol=1e-6)
+    assert torch.allclose(got.embedding, want.embedding, atol=1e-6)
+
+
 def test_box_masks_select_the_cells_inside_and_never_none():
     from cocoattr.inference import box_masks
 
