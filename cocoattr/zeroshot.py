@@ -86,6 +86,7 @@ SCENE_EVIDENCE = {
     "grass": {"vegetation": 0.8}, "trees": {"vegetation": 0.7}, "plant": {"vegetation": 0.8},
     "leafy": {"vegetation": 0.6}, "field": {"vegetation": 0.4}, "forest": {"vegetation": 0.4},
     "single": {"object_cover": 1.0}, "close-up": {"object_cover": 1.0},
+    "face": {"creature_cover": 1.0}, "looking": {"creature_cover": 1.0},
 }  # fmt: skip  # mean-pooled only: they describe the whole image
 DESCRIPTION = (
     "Embedded zero-shot default: an ImageNet MobileNetV2 and a COCO-80 NanoDet detector, with "
