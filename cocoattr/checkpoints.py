@@ -56,6 +56,15 @@ def resolve_checkpoint(source: str | os.PathLike | None = None) -> Path:
 
 
 def load_model(source: str | os.PathLike | None = None, **overrides) -> AttributeModel:
-    """The model behind `source` (see `resolve_checkpoint`), in eval mode."""
+    """The model behind `source` (see `resolve_checkpoint`), in eval mode. When nothing was named
+    and the Hub default cannot be loaded by this code (e.g. published by an older version), the
+    embedded default is used, said in one line."""
     folder = source if isinstance(source, Path) and source.is_dir() else resolve_checkpoint(source)
-    return hub.load_folder(folder, **overrides)
+    try:
+        return hub.load_folder(folder, **overrides)
+    except UserError as e:
+        implicit = source is None and not os.environ.get(ENV_CHECKPOINT) and folder != DEFAULT_DIR
+        if not implicit:
+            raise
+        notice(f"{e}; using the embedded zero-shot default instead")
+        return hub.load_folder(default_dir(), **overrides)

@@ -94,8 +94,14 @@ def load_folder(folder: str | os.PathLike, **overrides) -> AttributeModel:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).split("\n\t")[1:3]
+        hint = (
+            "; a scene checkpoint from before the 4-channel scene stem (object and creature cover) "
+            "must be rebuilt (`build-default --force`) or retrained"
+            if config.get("scene") and "token_proj.weight" in str(e)
+            else ""
+        )
         raise UserError(
-            f"{folder}: config.json disagrees with model.safetensors: {'; '.join(first)}"
+            f"{folder}: config.json disagrees with model.safetensors: {'; '.join(first)}{hint}"
         ) from None
     model.source = str(folder)  # type: ignore[attr-defined]
     # Identity of the weights as loaded (an index records it), from the bytes already read:

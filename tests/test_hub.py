@@ -99,6 +99,32 @@ def test_unreachable_implicit_default_falls_back_to_embedded(hub, tmp_path, chec
     assert "embedded zero-shot default" in proc.stderr
 
 
+def test_a_hub_default_older_than_the_code_falls_back_and_an_explicit_one_says_rebuild(
+    hub, tmp_path, run_cli
+):
+    """The Hub default published before the 4-channel scene stem (its token projection one scene
+    column short): unnamed, predict falls back to the embedded default in one line; named, the
+    one-line error says to rebuild it."""
+    from safetensors.torch import load, save
+
+    from cocoattr.checkpoints import DEFAULT_HUB_ID
+
+    files = hub.repos["user/good"]
+    state = load(files[WEIGHTS_NAME])
+    state["token_proj.weight"] = state["token_proj.weight"][:, :-1].contiguous()
+    hub.repos[DEFAULT_HUB_ID] = {**files, WEIGHTS_NAME: save(state)}
+    hub.repos["user/old-scene"] = hub.repos[DEFAULT_HUB_ID]
+    try:
+        proc = run_cli(["predict", "--json", str(IMAGE)], hub.url, tmp_path / "hf")
+        predict_json(proc)
+        notices = [ln for ln in proc.stderr.splitlines() if "embedded zero-shot default instead" in ln]
+        assert len(notices) == 1 and "disagrees with model.safetensors" in notices[0]
+        proc = run_cli(["predict", "--checkpoint", "user/old-scene", str(IMAGE)], hub.url, tmp_path / "hf")
+        assert "must be rebuilt" in one_line_error(proc)
+    finally:
+        del hub.repos[DEFAULT_HUB_ID], hub.repos["user/old-scene"]
+
+
 def test_explicit_unknown_repo_is_one_line_error(hub, tmp_path, run_cli):
     proc = run_cli(["predict", "--checkpoint", "user/nope", str(IMAGE)], hub.url, tmp_path / "hf")
     assert "'user/nope' not found" in one_line_error(proc)
