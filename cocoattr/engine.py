@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from cocoattr.atomic import atomic_write_bytes
-from cocoattr.detector import MEAN_BGR, STD_BGR, NanoDetOutput
+from cocoattr.detector import MEAN_BGR, STD_BGR, decode_boxes
 from cocoattr.errors import notice
 from cocoattr.inference import InferenceModel, ObjectsOutput, Region, objects_from, region_logits
 from cocoattr.model import AttributeModel, AttributeOutput
@@ -50,6 +50,8 @@ GRAPH_SOURCES = ("engine.py", "inference.py", "model.py", "features.py", "detect
 GRAPH_SOURCES += ("transforms.py",)  # the graph's first step is `transforms.normalize_pixels`
 META_SHA, META_VERSION, META_OPSET = "cocoattr.weights_sha256", "cocoattr.graph_version", "cocoattr.opset"
 HEAD_OUTPUTS = ("logits", "maps", "embedding", "tokens")
+# with a detector: its decoded boxes (B, N, 4) in input pixels and their class scores (B, N, 80)
+BOX_OUTPUTS = ("boxes", "box_scores")
 INPUT = "pixels"
 _ignored_notices: set[str] = set()
 
@@ -88,8 +90,7 @@ class ServingGraph(nn.Module):
         return planes * self.det_scale + self.det_shift
 
     def output_names(self) -> list[str]:
-        levels = len(self.model.backbone.detector.strides) if self.model.backbone.detector else 0
-        return [*HEAD_OUTPUTS, *(f"scores{i}" for i in range(levels)), *(f"dists{i}" for i in range(levels))]
+        return [*HEAD_OUTPUTS, *(BOX_OUTPUTS if self.detector is not None else ())]
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         planes = pixel_planes(pixels)  # one transpose and cast for both bodies
@@ -98,7 +99,8 @@ class ServingGraph(nn.Module):
         detections = self.detector(self._detector_input(planes)) if self.detector is not None else None
         tokens, h, w = self.head._tokens(grid.parts(x, detections))
         o = self.head._head(tokens, h, w)
-        extra = [*detections.scores, *detections.distributions] if detections is not None else []
+        # the boxes decoded here, not in torch after the run: the scene stem decodes them too
+        extra = decode_boxes(detections, input_size=int(x.shape[-1])) if detections is not None else ()
         return (o.logits, o.maps, o.embedding, tokens, *extra)
 
 
@@ -272,15 +274,13 @@ class OnnxEngine:
 
     def with_objects(self, pixels: np.ndarray, score_threshold: float = 0.35,
                      max_objects: int = 10) -> tuple[AttributeOutput, list[ObjectsOutput]]:  # fmt: skip
-        """As `InferenceModel.with_objects`: decoding, NMS and the per-object head in torch."""
+        """As `InferenceModel.with_objects`: boxes decoded in the graph, NMS and the per-object head
+        in torch."""
         self.head.require_detector()
         out = {k: torch.from_numpy(v) for k, v in self.run(pixels).items()}
-        levels = len(self.model.backbone.detector.strides)
-        detections = NanoDetOutput([out[f"scores{i}"] for i in range(levels)],
-                                   [out[f"dists{i}"] for i in range(levels)])  # fmt: skip
         maps = out["maps"]
         with torch.inference_mode():
-            found = objects_from(self.head, out["tokens"], *maps.shape[-2:], detections,
+            found = objects_from(self.head, out["tokens"], *maps.shape[-2:], out["boxes"], out["box_scores"],
                                  self.model.image_size, score_threshold, max_objects)  # fmt: skip
         return AttributeOutput(out["logits"], maps, out["embedding"]), found
 

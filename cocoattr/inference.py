@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cocoattr.detector import NanoDetOutput, decode_boxes, nms
+from cocoattr.detector import decode_boxes, nms
 from cocoattr.errors import UserError
 from cocoattr.model import AttributeModel, AttributeOutput
 
@@ -183,7 +183,10 @@ class InferenceModel:
         backbone = self.prepared_backbone()
         detections = backbone.detect(images)
         tokens, h, w = self._tokens(backbone.parts(images, detections))
-        found = objects_from(self, tokens, h, w, detections, images.shape[-1], score_threshold, max_objects)
+        boxes, scores = decode_boxes(detections, input_size=images.shape[-1])
+        found = objects_from(
+            self, tokens, h, w, boxes, scores, images.shape[-1], score_threshold, max_objects
+        )
         return self._head(tokens, h, w), found
 
     @torch.inference_mode()
@@ -263,12 +266,13 @@ def _token_groups(
     return [(indices, torch.cat(ws) if len(ws) > 1 else ws[0]) for indices, ws in groups]
 
 
-def objects_from(head: InferenceModel, tokens: torch.Tensor, h: int, w: int, detections: NanoDetOutput,
-                 size: int, score_threshold: float, max_objects: int) -> list[ObjectsOutput]:  # fmt: skip
-    """Per image: the detector's boxes after NMS and each box's logits, from the head restricted
-    to the grid cells inside it (`box_masks`) over the image's `tokens` (B, h*w, d)."""
+def objects_from(head: InferenceModel, tokens: torch.Tensor, h: int, w: int, boxes: torch.Tensor,
+                 scores: torch.Tensor, size: int, score_threshold: float, max_objects: int
+                 ) -> list[ObjectsOutput]:  # fmt: skip
+    """Per image: the detector's boxes (`decode_boxes`: (B, N, 4) in input pixels, scores (B, N, 80))
+    after NMS and each box's logits, from the head restricted to the grid cells inside it
+    (`box_masks`) over the image's `tokens` (B, h*w, d)."""
     head._refresh()
-    boxes, scores = decode_boxes(detections, input_size=size)
     found = []
     for i in range(len(tokens)):
         d = nms(boxes[i], scores[i], score_threshold, iou_threshold=0.6, max_detections=max_objects)
