@@ -1,10 +1,10 @@
 """The CPU serving engine: the whole inference graph exported to ONNX, run by onnxruntime.
 
 One graph per checkpoint: decoded, resized pixels (B, S, S, 3) uint8 -> logits, maps, embedding,
-the head's tokens and the detector's raw per-level class scores and box distributions. The
+the head's tokens and the detector's decoded boxes with their class scores. The
 graph normalises them itself (`transforms.normalize_pixels`, the same values bit for bit): a
 quarter of the bytes go in, and no numpy pass over the batch comes first. What stays beside
-it in torch is small and data-dependent: box decoding, NMS and the per-object head (the image
+it in torch is small and data-dependent: NMS and the per-object head (the image
 head restricted to a box's or a mask's cells, `InferenceModel._head` on the exported tokens; a few
 microseconds per object, so a second graph with a mask input would buy nothing).
 
@@ -66,7 +66,7 @@ def graph_version() -> str:
 
 
 class ServingGraph(nn.Module):
-    """What is exported: `InferenceModel`'s forward pass with the detector's raw outputs too."""
+    """What is exported: `InferenceModel`'s forward pass with the detector's decoded boxes too."""
 
     def __init__(self, model: AttributeModel) -> None:
         super().__init__()
