@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import json
@@ -12,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -23,6 +25,25 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
+
+# ============================================================================ caches
+# Graphs the tests export (of checkpoints they train and save) go to a cache of this session, not
+# into the user's ~/.cache/cocoattr/onnx, where each run would leave new ones; the npm tarballs
+# that `make default` fetched are shared through a link. A COCOATTR_CACHE set by the caller wins.
+
+
+def _session_cache() -> None:
+    if os.environ.get("COCOATTR_CACHE"):
+        return
+    user = Path.home() / ".cache" / "cocoattr"
+    root = Path(tempfile.mkdtemp(prefix="cocoattr-test-cache-"))
+    if (user / "npm").is_dir():
+        (root / "npm").symlink_to(user / "npm", target_is_directory=True)
+    os.environ["COCOATTR_CACHE"] = str(root)
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # removes the link, not the tarballs
+
+
+_session_cache()
 
 # ============================================================================ checkpoints
 # The embedded default is built by an explicit step (`make default`, which `make test` runs
