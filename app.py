@@ -21,7 +21,8 @@ Environment:
 
 API (gradio_client): /predict(image, top_k=0, threshold=0.0) -> {attribute: probability},
 /heatmap(image, attribute="", opacity=0.5, colormap="jet") -> overlay image of the input's size,
-/objects(image, min_score=0.35, top_k=5) -> [{box: [x1, y1, x2, y2], category, score, attributes}, ...],
+/objects(image, min_score=0.35, top_k=5) -> [{box: [x1, y1, x2, y2], category, detector_category, score,
+    attributes}, ...],
 /search(query="furry, animal", top_k=10, image=None) -> [{rank, image, score, matched, caption}, ...].
 """
 
@@ -148,7 +149,9 @@ def api_functions(s: Service) -> tuple[Callable, Callable, Callable, Callable]:
             top_k: attributes given per object; 0 gives all of them.
 
         Returns:
-            [{box: [x1, y1, x2, y2] in the photo's pixels, category, score, attributes: {name: probability}}].
+            [{box: [x1, y1, x2, y2] in the photo's pixels, category, detector_category, score,
+            attributes: {name: probability}}]; category is the detector's class unless the attributes
+            inside the box overrule it.
         """
         return s.objects(image, min_score, top_k)
 

@@ -26,6 +26,8 @@ from cocoattr.detector import decode_boxes, nms
 from cocoattr.errors import UserError
 from cocoattr.model import AttributeModel, AttributeOutput
 
+NMS_IOU = 0.6  # boxes of one class overlapping a better one by this much are the same object
+
 
 @dataclass
 class ObjectsOutput:
@@ -275,7 +277,7 @@ def objects_from(head: InferenceModel, tokens: torch.Tensor, h: int, w: int, box
     head._refresh()
     found = []
     for i in range(len(tokens)):
-        d = nms(boxes[i], scores[i], score_threshold, iou_threshold=0.6, max_detections=max_objects)
+        d = nms(boxes[i], scores[i], score_threshold, iou_threshold=NMS_IOU, max_detections=max_objects)
         rel = d.boxes / size
         found.append(
             ObjectsOutput(

@@ -22,20 +22,42 @@ from cocoattr.detector import COCO80
 from cocoattr.engine import serving_engine
 from cocoattr.errors import UserError
 from cocoattr.images import ImageInput, load_image
+from cocoattr.inference import NMS_IOU
 from cocoattr.model import AttributeModel, AttributeOutput
 from cocoattr.transforms import preprocess, resize_rgb
 from cocoattr.viz import top_attributes
 
+# An object's category is the detector's unless the attribute head, reading the evidence inside
+# its box, disagrees: the detector's class (where the vocabulary names it) below AGREE and another
+# named COCO-80 class at OVERRULE or more. NanoDet calls the gallery's dalmatian a giraffe (0.56)
+# and Chelsea the cat a dog (0.46); inside those boxes `dog` reads 0.91 and `cat` 0.91.
+AGREE, OVERRULE = 0.5, 0.8
+
+
+def object_label(category: str, detector_category: str, score: float) -> str:
+    """How a box is captioned (app, CLI): "person 0.75", or "dog (detector: giraffe 0.56)"."""
+    if category == detector_category:
+        return f"{category} {score:.2f}"
+    return f"{category} (detector: {detector_category} {score:.2f})"
+
 
 @dataclass
 class DetectedObject:
-    """One object in an image: its box in the image's own pixels, COCO-80 category and detector
-    score, and the attribute probabilities read from inside its box."""
+    """One object in an image: its box in the image's own pixels, COCO-80 category (see AGREE),
+    the detector's score and class for the box, and the attribute probabilities read from inside it."""
 
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
     category: str
     score: float
     probs: np.ndarray  # (A,)
+    detector_category: str = ""  # the detector's class; `category` differs when the head overruled it
+
+    def __post_init__(self) -> None:
+        self.detector_category = self.detector_category or self.category
+
+    @property
+    def label(self) -> str:
+        return object_label(self.category, self.detector_category, self.score)
 
     def to_json(self, names: Sequence[str], top_k: int = 5) -> dict:
         """What the CLI's --json and the app's /objects give for it: the box (pixels, 0.1 px),
@@ -44,6 +66,7 @@ class DetectedObject:
         return {
             "box": [round(float(v), 1) for v in self.box],
             "category": self.category,
+            "detector_category": self.detector_category,
             "score": round(float(self.score), 4),
             "attributes": {n: round(p, 5) for n, p in top_attributes(self.probs, names, k)},
         }
@@ -57,6 +80,23 @@ class Prediction:
     maps: np.ndarray  # (A, h, w)
     embedding: np.ndarray  # (D,)
     objects: list[DetectedObject] | None = None  # filled by `predict_objects`
+
+
+def _distinct(objects: list[DetectedObject], iou: float = NMS_IOU) -> list[DetectedObject]:
+    """`objects` (best first) without those that, once overruled into the same category, repeat a
+    better one's box: the detector's NMS is per class, so a cat it also called a dog had two boxes."""
+    kept: list[DetectedObject] = []
+    for o in objects:
+        if not any(k.category == o.category and _iou(k.box, o.box) >= iou for k in kept):
+            kept.append(o)
+    return kept
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
 
 
 class Predictor:
@@ -157,16 +197,34 @@ class Predictor:
                 probs = torch.sigmoid(objects.logits).numpy()
                 detected = [
                     DetectedObject(
-                        tuple(float(v) for v in box * scale), COCO80[int(label)], float(score), probs[k]
-                    )
+                        tuple(float(v) for v in box * scale),
+                        self.agreed_category(COCO80[int(label)], probs[k]),
+                        float(score),
+                        probs[k],
+                        COCO80[int(label)],
+                    )  # fmt: skip
                     for k, (box, score, label) in enumerate(
                         zip(objects.boxes.numpy(), objects.scores, objects.labels, strict=True)
                     )
                 ]
                 out.append(
-                    Prediction(o.probs[i].numpy(), o.maps[i].numpy(), o.embedding[i].numpy(), detected)
+                    Prediction(
+                        o.probs[i].numpy(), o.maps[i].numpy(), o.embedding[i].numpy(), _distinct(detected)
+                    )
                 )
         return out
+
+    def agreed_category(self, detected: str, probs: np.ndarray) -> str:
+        """`detected`, or the COCO-80 class the object's attributes overrule it with (AGREE); only
+        classes the vocabulary names as categories count (the fruit `orange` is not the colour)."""
+        index = {n: i for i, (n, t) in enumerate(zip(self.attributes, self.attribute_types, strict=True))
+                 if t == "category"}  # fmt: skip
+        if detected not in index or probs[index[detected]] >= AGREE:
+            return detected
+        best = max(
+            (c for c in COCO80 if c in index and c != detected), key=lambda c: probs[index[c]], default=None
+        )
+        return best if best is not None and probs[index[best]] >= OVERRULE else detected
 
     def predict_one(self, image: ImageInput) -> Prediction:
         return self.predict([image])[0]

@@ -116,8 +116,8 @@ class Service:
         return self.on_model_thread(self.predictor.predict_objects, [photo], score)[0].objects or []
 
     def objects(self, image: str, min_score: float = MIN_SCORE, top_k: int = 5) -> list[dict]:
-        """/objects: [{box (x1, y1, x2, y2 in the image's pixels), category, score, attributes
-        (the object's top_k, all when top_k <= 0)}], best first."""
+        """/objects: [{box (x1, y1, x2, y2 in the image's pixels), category, detector_category,
+        score, attributes (the object's top_k, all when top_k <= 0)}], best first."""
         return [o.to_json(self.names, int(top_k or 0)) for o in self.detect(image, min_score)]
 
     def object_view(self, image: str, min_score: float = MIN_SCORE, top_k: int = 5) -> tuple:
@@ -131,7 +131,7 @@ class Service:
         sx, sy = item.shown.width / item.size[0], item.shown.height / item.size[1]
         boxes, colours, lines = [], {}, []
         for i, o in enumerate(found):
-            label = f"{o.category} {o.score:.2f}"
+            label = o.label
             x1, y1, x2, y2 = o.box
             boxes.append(((round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)), label))
             colours.setdefault(label, BOX_COLOURS[i % len(BOX_COLOURS)])

@@ -73,7 +73,7 @@ def test_predict_objects_json_has_the_astronaut(capsys):
     people = [o for o in row["objects"] if o["category"] == "person" and o["score"] >= 0.5]
     assert people, row["objects"]
     for o in row["objects"]:
-        assert set(o) == {"box", "category", "score", "attributes"}
+        assert set(o) == {"box", "category", "detector_category", "score", "attributes"}
         x1, y1, x2, y2 = o["box"]
         assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512, o["box"]
         values = list(o["attributes"].values())

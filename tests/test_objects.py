@@ -21,7 +21,9 @@ from test_data_cocottributes import coco2014_tree, official_like_dict, write_py2
 
 from cocoattr.cli import main
 from cocoattr.data.coconut import coconut_objects, load_mapping, object_labels
+from cocoattr.detector import COCO80
 from cocoattr.faithfulness import box_mask
+from cocoattr.images import load_image
 from cocoattr.inference import box_masks, region_cells
 from cocoattr.vocab import load_vocabulary
 
@@ -137,6 +139,37 @@ def test_the_onnx_engine_and_torch_give_the_same_region_logits(predictor) -> Non
     pixels, _, onnx = _regions(predictor, regions)
     _, found = TorchEngine(predictor.model, "cpu").with_regions(pixels, [regions])
     assert torch.allclose(onnx, found[0], atol=1e-3)
+
+
+def test_the_attribute_head_overrules_a_detector_class_its_box_contradicts(predictor) -> None:
+    """Real photos: NanoDet calls the dalmatian a giraffe and Chelsea the cat also a dog; read
+    inside those boxes, the head says dog and cat, so those are the categories (the detector's
+    class kept beside them), and the cat's second box, now a cat too, is not repeated. The
+    motorcycle, which both agree on, keeps its class."""
+    paths = {p.stem: p for p in GALLERY.glob("*.jpg")}
+    names = ["foolbox_imagenet_16_251_dalmatian", "skimage_chelsea", "skimage_motorcycle"]
+    dalmatian, cat, motorcycle = predictor.predict_objects([paths[n] for n in names])
+    top = dalmatian.objects[0]
+    assert (top.category, top.detector_category) == ("dog", "giraffe")
+    assert top.to_json(predictor.attributes)["detector_category"] == "giraffe"
+    assert [o.category for o in cat.objects] == ["cat"]
+    raw = predictor.engine.with_objects(predictor.pixels([load_image(paths[names[1]])]))[1][0]
+    assert sorted(COCO80[int(i)] for i in raw.labels) == ["cat", "dog"]  # what the detector said
+    assert [(o.category, o.detector_category) for o in motorcycle.objects][0] == ("motorcycle", "motorcycle")
+
+
+def test_only_category_attributes_overrule_and_only_when_sure(predictor) -> None:
+    names = predictor.attributes
+    probs = np.zeros(len(names), np.float32)
+    probs[names.index("orange")] = 0.99  # the colour, not the fruit
+    assert predictor.agreed_category("cat", probs) == "cat"
+    probs[names.index("dog")] = 0.79  # below OVERRULE
+    assert predictor.agreed_category("cat", probs) == "cat"
+    probs[names.index("dog")] = 0.81
+    assert predictor.agreed_category("cat", probs) == "dog"
+    probs[names.index("cat")] = 0.5  # the detector's class at AGREE stands
+    assert predictor.agreed_category("cat", probs) == "cat"
+    assert predictor.agreed_category("dining table", probs) == "dining table"  # not in the vocabulary
 
 
 # ----------------------------------------------------------------------------- COCONut objects

@@ -22,6 +22,8 @@ def _with_objects(predictor, paths: list[str], min_score: float):
 def _print_prediction(path: str, probs: dict[str, float], objects: list[dict] | None, top_k: int,
                       min_score: float) -> None:  # fmt: skip
     """The table view of one image: its top-k rows, then (with --objects) one line per object."""
+    from cocoattr.predictor import object_label
+
     print(path)
     for name, p in sorted(probs.items(), key=lambda kv: -kv[1])[:top_k]:
         print(f"  {name:<18} {p:6.3f}  {'#' * round(p * 30)}")
@@ -30,7 +32,7 @@ def _print_prediction(path: str, probs: dict[str, float], objects: list[dict] | 
     for o in objects or []:
         box = ",".join(str(round(v)) for v in o["box"])
         top = ", ".join(f"{n} {p:.2f}" for n, p in list(o["attributes"].items())[:5])
-        print(f"  [{o['category']} {o['score']:.2f}]  box {box}  {top}")
+        print(f"  [{object_label(o['category'], o['detector_category'], o['score'])}]  box {box}  {top}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
