@@ -199,7 +199,7 @@ def test_predict_people_vehicles_and_animals(
     expect(page.locator("#predict-summary")).to_contain_text(f"Most likely: {top}")
     listed = page.locator("#predict-objects-list")
     if found.objects:
-        expect(listed).to_contain_text(f"{found.objects[0].category} {found.objects[0].score:.2f}")
+        expect(listed).to_contain_text(found.objects[0].label)  # "dog (detector: giraffe 0.56)"
         expect(page.locator("#predict-objects img").first).to_be_visible()
     else:
         expect(listed).to_contain_text("no objects found")
