@@ -34,10 +34,20 @@ def default_dir() -> Path:
     return DEFAULT_DIR
 
 
+def _unnamed(source: str | os.PathLike | None) -> bool:
+    """No checkpoint named, by argument or env: the Hub default, which may fall back."""
+    return source is None and not os.environ.get(ENV_CHECKPOINT)
+
+
+def _fall_back(error: UserError) -> Path:
+    notice(f"{error}; using the embedded zero-shot default instead")
+    return default_dir()
+
+
 def resolve_checkpoint(source: str | os.PathLike | None = None) -> Path:
     """Local folder for `source`: a folder, a Hub id, 'default', or None (env, then the Hub default,
     falling back to the embedded default when the Hub cannot be reached)."""
-    implicit = source is None and not os.environ.get(ENV_CHECKPOINT)
+    implicit = _unnamed(source)
     source = str(source or os.environ.get(ENV_CHECKPOINT) or DEFAULT_HUB_ID)
     if source == "default":
         return default_dir()
@@ -51,8 +61,7 @@ def resolve_checkpoint(source: str | os.PathLike | None = None) -> Path:
     except UserError as e:
         if not implicit:
             raise
-        notice(f"{e}; using the embedded zero-shot default instead")
-        return default_dir()
+        return _fall_back(e)
 
 
 def load_model(source: str | os.PathLike | None = None, **overrides) -> AttributeModel:
@@ -63,8 +72,6 @@ def load_model(source: str | os.PathLike | None = None, **overrides) -> Attribut
     try:
         return hub.load_folder(folder, **overrides)
     except UserError as e:
-        implicit = source is None and not os.environ.get(ENV_CHECKPOINT) and folder != DEFAULT_DIR
-        if not implicit:
+        if not _unnamed(source) or folder == DEFAULT_DIR:
             raise
-        notice(f"{e}; using the embedded zero-shot default instead")
-        return hub.load_folder(default_dir(), **overrides)
+        return hub.load_folder(_fall_back(e), **overrides)

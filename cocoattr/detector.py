@@ -54,6 +54,7 @@ COCO80: tuple[str, ...] = (
 INPUT_SIZE = 416
 STRIDES = (8, 16, 32)
 REG_MAX = 10  # each side's distance is a distribution over 0..REG_MAX (in strides)
+NMS_IOU = 0.6  # boxes of one class overlapping a better one by this much are the same object
 NUM_CLASSES = len(COCO80)
 MEAN_BGR = (103.53, 116.28, 123.675)  # upstream nanodet-g.yml "normalize", 0..255 BGR units
 STD_BGR = (57.375, 57.12, 58.395)
@@ -282,7 +283,7 @@ class Detections:
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float = 0.3, iou_threshold: float = 0.6,
+def nms(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float = 0.3, iou_threshold: float = NMS_IOU,
         max_detections: int = 100) -> Detections:  # fmt: skip
     """Per-class NMS over every (cell, class) pair above `score_threshold` (as upstream does).
 
@@ -295,7 +296,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float = 0.3,
 
 
 @torch.no_grad()
-def detect(model: NanoDet, images: list[Image.Image], score_threshold: float = 0.3, iou_threshold: float = 0.6,
+def detect(model: NanoDet, images: list[Image.Image], score_threshold: float = 0.3, iou_threshold: float = NMS_IOU,
            max_detections: int = 100) -> list[Detections]:  # fmt: skip
     """Detect objects in PIL images; boxes come back in each image's own pixels."""
     batch = torch.cat([preprocess(im) for im in images])

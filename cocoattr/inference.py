@@ -26,8 +26,6 @@ from cocoattr.detector import decode_boxes, nms
 from cocoattr.errors import UserError
 from cocoattr.model import AttributeModel, AttributeOutput
 
-NMS_IOU = 0.6  # boxes of one class overlapping a better one by this much are the same object
-
 
 @dataclass
 class ObjectsOutput:
@@ -127,18 +125,17 @@ class InferenceModel:
             # is the same sum. The zero-shot default uses 274 of its 512.
             offset = m.token_proj.bias + m.pos_embed[0]  # token_proj's bias and position, added once
             live = (m.token_proj.weight.any(1) | offset.any(0)).nonzero()[:, 0]
-            self.live = None if len(live) == d else live if len(live) else live.new_zeros(1)
-            rows = self.live if self.live is not None else slice(None)
+            self.live = live = live if len(live) else live.new_zeros(1)
             self.wkv, self.bkv = (
-                torch.cat([wk, wv]).T[rows].contiguous(),
+                torch.cat([wk, wv]).T[live].contiguous(),
                 torch.cat([bk, bv]),
             )  # one matmul for k and v
             self.cls_eff = m.cls_weight @ m.attn.out_proj.weight
             self.bias_eff = m.cls_bias + m.cls_weight @ m.attn.out_proj.bias
             # the mean token feeds the classifier's global term and the embedding: one matmul
-            self.pooled_w = torch.cat([m.cls_global, m.image_proj.weight]).T[rows].contiguous()
+            self.pooled_w = torch.cat([m.cls_global, m.image_proj.weight]).T[live].contiguous()
             self.pooled_b = torch.cat([self.bias_eff, m.image_proj.bias])
-            self.offset, self.bias = offset[:, rows].contiguous(), m.token_proj.bias[rows].contiguous()
+            self.offset, self.bias = offset[:, live].contiguous(), m.token_proj.bias[live].contiguous()
         self._part_sizes: tuple[int, ...] | None = None
         self._key = key
 
@@ -146,9 +143,7 @@ class InferenceModel:
         """token_proj's weight (its live rows) split by input part, transposed, None where all zero."""
         self._refresh()
         if self._part_sizes != sizes:
-            weight = self.model.token_proj.weight.detach()
-            weight = weight if self.live is None else weight[self.live]
-            blocks = weight.split(list(sizes), dim=1)
+            blocks = self.model.token_proj.weight.detach()[self.live].split(list(sizes), dim=1)
             self._blocks = [None if not blk.any() else blk.T.contiguous() for blk in blocks]
             self._groups = _token_groups(self._blocks)
             self._part_sizes = sizes
@@ -277,7 +272,7 @@ def objects_from(head: InferenceModel, tokens: torch.Tensor, h: int, w: int, box
     head._refresh()
     found = []
     for i in range(len(tokens)):
-        d = nms(boxes[i], scores[i], score_threshold, iou_threshold=NMS_IOU, max_detections=max_objects)
+        d = nms(boxes[i], scores[i], score_threshold, max_detections=max_objects)
         rel = d.boxes / size
         found.append(
             ObjectsOutput(

@@ -7,6 +7,7 @@ pixels, `cocoattr.engine` for the forward pass (onnxruntime on the CPU, PyTorch 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,13 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.ops import batched_nms
 
 from cocoattr.checkpoints import load_model
-from cocoattr.detector import COCO80
+from cocoattr.detector import COCO80, NMS_IOU
 from cocoattr.engine import serving_engine
 from cocoattr.errors import UserError
 from cocoattr.images import ImageInput, load_image
-from cocoattr.inference import NMS_IOU
 from cocoattr.model import AttributeModel, AttributeOutput
 from cocoattr.transforms import preprocess, resize_rgb
 from cocoattr.viz import top_attributes
@@ -50,10 +51,7 @@ class DetectedObject:
     category: str
     score: float
     probs: np.ndarray  # (A,)
-    detector_category: str = ""  # the detector's class; `category` differs when the head overruled it
-
-    def __post_init__(self) -> None:
-        self.detector_category = self.detector_category or self.category
+    detector_category: str  # the detector's class; `category` differs when the head overruled it
 
     @property
     def label(self) -> str:
@@ -82,21 +80,16 @@ class Prediction:
     objects: list[DetectedObject] | None = None  # filled by `predict_objects`
 
 
-def _distinct(objects: list[DetectedObject], iou: float = NMS_IOU) -> list[DetectedObject]:
+def _distinct(objects: list[DetectedObject]) -> list[DetectedObject]:
     """`objects` (best first) without those that, once overruled into the same category, repeat a
-    better one's box: the detector's NMS is per class, so a cat it also called a dog had two boxes."""
-    kept: list[DetectedObject] = []
-    for o in objects:
-        if not any(k.category == o.category and _iou(k.box, o.box) >= iou for k in kept):
-            kept.append(o)
-    return kept
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
+    better one's box: the detector's NMS is per class, so a cat it also called a dog had two boxes.
+    The same torchvision NMS again, over the final categories; order kept."""
+    if len(objects) < 2:
+        return objects
+    boxes = torch.tensor([o.box for o in objects], dtype=torch.float32)
+    scores = torch.tensor([o.score for o in objects], dtype=torch.float32)
+    categories = torch.tensor([COCO80.index(o.category) for o in objects])
+    return [objects[i] for i in sorted(batched_nms(boxes, scores, categories, NMS_IOU).tolist())]
 
 
 class Predictor:
@@ -217,14 +210,19 @@ class Predictor:
     def agreed_category(self, detected: str, probs: np.ndarray) -> str:
         """`detected`, or the COCO-80 class the object's attributes overrule it with (AGREE); only
         classes the vocabulary names as categories count (the fruit `orange` is not the colour)."""
-        index = {n: i for i, (n, t) in enumerate(zip(self.attributes, self.attribute_types, strict=True))
-                 if t == "category"}  # fmt: skip
+        index = self._category_index
         if detected not in index or probs[index[detected]] >= AGREE:
             return detected
         best = max(
             (c for c in COCO80 if c in index and c != detected), key=lambda c: probs[index[c]], default=None
         )
         return best if best is not None and probs[index[best]] >= OVERRULE else detected
+
+    @functools.cached_property
+    def _category_index(self) -> dict[str, int]:
+        """{name: column} of the category-type attributes, for `agreed_category`."""
+        return {n: i for i, (n, t) in enumerate(zip(self.attributes, self.attribute_types, strict=True))
+                if t == "category"}  # fmt: skip
 
     def predict_one(self, image: ImageInput) -> Prediction:
         return self.predict([image])[0]
