@@ -102,3 +102,30 @@ def test_attributes_without_evidence_are_said_to_be_unseen_not_a_flat_prior(pred
         default_checkpoint.parent.parent / "cocoattr" / "gallery" / "images" / "skimage_chelsea.jpg"
     )
     assert max(pred.probs[predictor.attributes.index(n)] for n in unseen) < 1e-3
+
+
+def test_person_is_the_detectors_word_alone(predictor):
+    """ImageNet-1k has no person class, so its text evidence for `person` was glosses (the yurt
+    "used by ... people" read as one). The default reads `person` from the detector's cells only,
+    at `detector_only_weight` times the other classes' weight: a hand and distant windsurfers are
+    people, the yurt is not; `man` keeps its ImageNet evidence (a groom, a ballplayer)."""
+    from cocoattr.data.gallery import gallery_root
+    from cocoattr.detector import COCO80
+    from cocoattr.features import COLOUR_CHANNELS
+    from cocoattr.zeroshot import KNOBS
+
+    names, grid = predictor.attributes, predictor.model.backbone
+    weights = predictor.model.token_proj.weight.detach()
+    concepts = slice(grid.feature_channels, grid.feature_channels + grid.classifier.out_features)
+    objects = concepts.stop + len(COLOUR_CHANNELS)  # the detector's block follows the colour one
+    person, man = names.index("person"), names.index("man")
+    assert not weights[person, concepts].any() and weights[man, concepts].any()
+    expected = KNOBS["object_weight"] * KNOBS["detector_only_weight"]
+    assert float(weights[person, objects + COCO80.index("person")]) == pytest.approx(expected)
+    images = gallery_root() / "images"
+    probs = {
+        n: predictor.predict_one(images / f"{n}.jpg").probs[person]
+        for n in ("foolbox_imagenet_08_915_yurt", "foolbox_imagenet_02_438_beaker", "sporco_sail")
+    }
+    assert probs["foolbox_imagenet_08_915_yurt"] < 0.3, probs
+    assert probs["foolbox_imagenet_02_438_beaker"] >= 0.5 and probs["sporco_sail"] >= 0.5, probs
