@@ -272,11 +272,11 @@ def _evidence(model: AttributeModel, vocab: Vocabulary, knobs: dict) -> tuple[to
         ev_w[:, blocks["objects"]] = (
             knobs["object_weight"] * torch.from_numpy(coco_attribute_matrix(vocab, knobs)).T
         )
-        for name in DETECTOR_ONLY:
-            ev_w[vocab.index(name), blocks["objects"]] *= knobs["detector_only_weight"]
+        only = [j for j, attr in enumerate(vocab) if attr.name in DETECTOR_ONLY]  # a vocabulary may lack them
+        ev_w[only, blocks["objects"]] *= knobs["detector_only_weight"]
     if model.backbone.scene:
         for name, channels in SCENE_EVIDENCE.items():
-            for channel, weight in channels.items():
+            for channel, weight in channels.items() if name in vocab else ():
                 ev_w[vocab.index(name), blocks["scene"].start + SCENE_CHANNELS.index(channel)] = weight
     return ev_w, ev_b
 
@@ -304,9 +304,9 @@ def _set_tokens(
     loadings[:, : n_col - 1] = ev_w[:, colour_cols]
     loadings[:, n_col - 1] = ev_b
     u, sv, vh = torch.linalg.svd(ev_w[:, class_cols], full_matrices=False)
-    k = rank - n_col
-    compressed[n_col:, class_cols] = sv[:k, None] * vh[:k]
-    loadings[:, n_col:] = u[:, :k]
+    k = min(rank - n_col, len(sv))  # a vocabulary smaller than the rank has fewer directions
+    compressed[n_col : n_col + k, class_cols] = sv[:k, None] * vh[:k]
+    loadings[:, n_col : n_col + k] = u[:, :k]
     model.token_proj.weight[:n_attr] = ev_w
     model.token_proj.bias[:n_attr] = ev_b
     model.token_proj.weight[key_at : key_at + rank] = compressed[:, :-1]

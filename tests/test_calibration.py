@@ -94,3 +94,28 @@ def test_the_file_records_the_held_out_figures():
     )  # the offsets earn their place held out
     assert all(len(v) == 3 and all(np.isfinite(v)) for v in cal["offsets"].values())
     assert torch.tensor(list(cal["offsets"].values())).abs().max() < 10  # shrunk, not free
+
+
+def test_a_small_vocabulary_without_person_or_sky_builds_and_predicts():
+    """`zeroshot.DETECTOR_ONLY` and SCENE_EVIDENCE name attributes of the bundled vocabulary, and
+    the attention keys take 50 singular directions; a user's three-attribute vocabulary lacks
+    those attributes and has 3 directions, and still builds and reads a real photo."""
+    from cocoattr.data.gallery import gallery_root
+    from cocoattr.detector import COCO80
+    from cocoattr.features import SCENE_CHANNELS
+    from cocoattr.predictor import Predictor
+    from cocoattr.vocab import Vocabulary, load_vocabulary
+
+    bundled = load_vocabulary()
+    keep = [a for a in bundled.to_json()["attributes"] if a["name"] in ("red", "dog", "furry")]
+    for a in keep:
+        a["implies"] = [n for n in a["implies"] if n in ("red", "dog", "furry")]
+    vocab = Vocabulary.from_json({**bundled.to_json(), "attributes": keep})
+    model = build_model(vocab=vocab, offsets={})
+    grid = model.backbone
+    objects = grid.channels - len(COCO80) - len(SCENE_CHANNELS)  # the detector block precedes the scene one
+    dog = model.attributes.index("dog")
+    weight = model.token_proj.weight[dog, objects + COCO80.index("dog")].item()
+    assert weight == pytest.approx(KNOBS["object_weight"])
+    probs = Predictor(model).predict_one(gallery_root() / "images" / "skimage_chelsea.jpg").probs
+    assert probs[model.attributes.index("furry")] > 0.5 > probs[model.attributes.index("red")]
