@@ -259,6 +259,9 @@ def _evidence(model: AttributeModel, vocab: Vocabulary, knobs: dict) -> tuple[to
     ev_w = torch.zeros(len(vocab), model.backbone.channels)
     ev_b = torch.zeros(len(vocab))
     colour_at = blocks["colour"].start
+    detector = model.backbone.detector is not None
+    # with a detector, DETECTOR_ONLY attributes (those the vocabulary has) read it alone
+    only = [j for j, attr in enumerate(vocab) if detector and attr.name in DETECTOR_ONLY]
     for j, attr in enumerate(vocab):
         if attr.name in COLOUR_EVIDENCE:
             for channel, value in COLOUR_EVIDENCE[attr.name].items():
@@ -266,17 +269,18 @@ def _evidence(model: AttributeModel, vocab: Vocabulary, knobs: dict) -> tuple[to
                     ev_b[j] = value
                 else:
                     ev_w[j, colour_at + COLOUR_CHANNELS.index(channel)] = value
-        elif not (attr.name in DETECTOR_ONLY and model.backbone.detector is not None):
+        elif j not in only:
             ev_w[j, blocks["concepts"]] = m[:, j]
-    if model.backbone.detector is not None:
+    if detector:
         ev_w[:, blocks["objects"]] = (
             knobs["object_weight"] * torch.from_numpy(coco_attribute_matrix(vocab, knobs)).T
         )
-        only = [j for j, attr in enumerate(vocab) if attr.name in DETECTOR_ONLY]  # a vocabulary may lack them
         ev_w[only, blocks["objects"]] *= knobs["detector_only_weight"]
     if model.backbone.scene:
         for name, channels in SCENE_EVIDENCE.items():
-            for channel, weight in channels.items() if name in vocab else ():
+            if name not in vocab:  # a user's vocabulary may lack it
+                continue
+            for channel, weight in channels.items():
                 ev_w[vocab.index(name), blocks["scene"].start + SCENE_CHANNELS.index(channel)] = weight
     return ev_w, ev_b
 
