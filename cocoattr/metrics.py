@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "average_precision",
+    "auc_shortfall",
     "count_scored_attributes",
     "evaluate",
     "f1_scores",
@@ -171,6 +172,29 @@ def mean_per_image_auc(scores: Any, labels: Any) -> float:
         known = y[i] != UNKNOWN
         aucs[i] = _roc_auc(s[i, known], y[i, known] == POSITIVE)
     return _nanmean(aucs)
+
+
+def auc_shortfall(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Where mean per-image AUC loses, per attribute: (as_positive, as_negative), each (A,).
+
+    as_positive[a] is attribute a's share of 1 - mean_per_image_auc from its positives ranked
+    at or below negatives (ties count half), as_negative[a] from its negatives ranked at or above
+    positives; each sums to the shortfall over the images mean_per_image_auc counts. Says whether
+    a gain can come from a few attributes or only from many.
+    """
+    s, y = _as_arrays(scores, labels, ndim=2)
+    as_pos, as_neg = np.zeros(s.shape[1]), np.zeros(s.shape[1])
+    counted = 0
+    for i in range(s.shape[0]):
+        pos, neg = np.flatnonzero(y[i] == POSITIVE), np.flatnonzero(y[i] == NEGATIVE)
+        if not pos.size or not neg.size:
+            continue
+        d = s[i, neg][None, :] - s[i, pos][:, None]  # (positives, negatives): > 0 is a wrong order
+        wrong = ((d > 0) + 0.5 * (d == 0)) / (pos.size * neg.size)
+        as_pos[pos] += wrong.sum(1)
+        as_neg[neg] += wrong.sum(0)
+        counted += 1
+    return as_pos / max(counted, 1), as_neg / max(counted, 1)
 
 
 # --------------------------------------------------------------------------- thresholds / F1

@@ -90,6 +90,28 @@ def test_mean_per_image_auc_hand_example():
 # --------------------------------------------------------------------------- thresholds / F1
 
 
+def test_auc_shortfall_hand_example():
+    # image 0: positives a (0.9) and b (0.2), negatives c (0.5) and d (0.2): b loses to c (1) and
+    # ties d (0.5) -> AUC 1 - 1.5 / 4; image 1 has no negative (not counted); e is unknown
+    scores = [[0.9, 0.2, 0.5, 0.2, 0.99], [0.1, 0.2, 0.3, 0.4, 0.5]]
+    labels = [[1, 1, 0, 0, -1], [1, 1, -1, -1, -1]]
+    as_pos, as_neg = m.auc_shortfall(scores, labels)
+    assert as_pos == pytest.approx([0.0, 1.5 / 4, 0.0, 0.0, 0.0])
+    assert as_neg == pytest.approx([0.0, 0.0, 1 / 4, 0.5 / 4, 0.0])
+    assert 1 - m.mean_per_image_auc(scores, labels) == pytest.approx(1.5 / 4)
+
+
+def test_auc_shortfall_sums_to_the_shortfall():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, (30, 12)).astype(float)  # many ties
+    labels = rng.choice([-1, 0, 1], (30, 12), p=[0.2, 0.6, 0.2])
+    labels[0] = 1  # an image without negatives counts nowhere
+    as_pos, as_neg = m.auc_shortfall(scores, labels)
+    gap = 1 - m.mean_per_image_auc(scores, labels)
+    assert as_pos.sum() == pytest.approx(gap) and as_neg.sum() == pytest.approx(gap)
+    assert (as_pos[labels.max(0) < 1] == 0).all()  # never a positive: no share as one
+
+
 def test_f1_hand_example():
     scores = np.array([[0.9, 0.6], [0.4, 0.2], [0.7, 0.8], [0.1, 0.3]])
     labels = np.array([[1, 0], [1, 0], [0, -1], [0, 0]])

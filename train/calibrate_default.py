@@ -154,11 +154,33 @@ def k_fold(attn, mean, labels, base: np.ndarray, shrinkage: float | None, folds:
     return z
 
 
+def print_shortfall(z: np.ndarray, labels: np.ndarray, types: np.ndarray, names: list[str], n: int) -> None:
+    """Held-out 1 - mean per-image AUC split by attribute type (as positive / as negative) and the n
+    attributes whose pairs, either way, hold most of it."""
+    as_pos, as_neg = metrics.auc_shortfall(z, labels)
+    print(f"held-out AUC shortfall {as_pos.sum():.4f}, by type (as positive / as negative):")
+    print(
+        "  "
+        + ", ".join(f"{t} {as_pos[types == t].sum():.4f} / {as_neg[types == t].sum():.4f}" for t in TYPES)
+    )
+    either = as_pos + as_neg
+    worst = np.argsort(-either)[:n]
+    print(f"  worst {n}: " + ", ".join(f"{names[j]} {either[j]:.4f}" for j in worst)
+          + f" (together {either[worst].sum():.4f})")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help=f"write cocoattr/{CALIBRATION_FILE}")
     parser.add_argument("--types", action="store_true", help="also refit and print the 24 type numbers")
     parser.add_argument("--shrinkage", type=float, default=CHOSEN_SHRINKAGE)
+    parser.add_argument(
+        "--shortfall",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print where the held-out AUC loses: by type and the N worst attributes",
+    )
     args = parser.parse_args(argv)
 
     paths, labels, vocab = load_eval_set("gallery", "all")
@@ -179,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         s = scores(held, labels, types, names)
         print(f"{label:<42}" + "  ".join(f"{k} {v}" for k, v in s.items())
               + f"   {metrics.mean_per_image_auc(inside, labels):.4f}")  # fmt: skip
+    if args.shortfall:
+        print_shortfall(rows[args.shrinkage][0], labels, types, names, args.shortfall)
     if args.types:
         print('"type_calibration":', fit_types(attn, mean, labels, types))
     if args.write:
