@@ -149,6 +149,21 @@ def test_search_takes_excludes_and_options_in_any_order(real_index, capsys):
     assert len(hits) == 2 and set(hits[0]["attributes"]) == {"cup", "-indoor"}
 
 
+def test_search_mistyped_option_is_a_usage_error_not_a_query_word(real_index, capsys):
+    _, index = real_index
+    for typo, said in (
+        ("--k", "unknown option --k"),
+        ("--i", "ambiguous option --i: could be --images, --index"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["search", "--index", str(index), "cup", typo, "2"])
+        assert exit_.value.code == 2 and said in capsys.readouterr().err
+    # argparse's unique prefixes and --name=value still work, wherever they are typed
+    assert main(["search", "cup", "--top=1", "-indoor", "--ind", str(index), "--js"]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)
+    assert set(hit["attributes"]) == {"cup", "-indoor"}
+
+
 def test_search_without_index_uses_the_gallery_index_and_prints_a_header(real_index, capsys, monkeypatch):
     import cocoattr.index
 

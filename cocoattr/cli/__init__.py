@@ -29,19 +29,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _query_words_not_flags(argv: list[str]) -> list[str]:
+def _search_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["search"]
+
+
+def _query_words_not_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """`search furry -indoor --top-k 3`: an exclude looks like a flag to argparse. Move search's
-    own options first and the query words, in order, after `--`, wherever they were typed."""
+    own options first and the query words, in order, after `--`, wherever they were typed.
+
+    An exclude has one dash; a `--word` that is none of search's options (nor, as argparse
+    allows, a prefix of exactly one) is a mistyped option, a usage error rather than a query word.
+    """
     if not argv or argv[0] != "search" or "--" in argv:
         return argv
-    takes_value = {"--index", "--images", "--top-k"}
-    options = {"-h", "--help", "--json", *takes_value}
+    search = _search_parser(parser)
+    takes_value = {o: a.nargs != 0 for a in search._actions for o in a.option_strings}
     flags, words, i = [], [], 1
     while i < len(argv):
         word = argv[i]
-        if word.split("=", 1)[0] in options:
+        name = word.split("=", 1)[0]
+        if name.startswith("--") and name not in takes_value:
+            matches = [o for o in takes_value if o.startswith(name)]
+            if len(matches) > 1:
+                search.error(f"ambiguous option {name}: could be {', '.join(sorted(matches))}")
+            if not matches:
+                options = ", ".join(sorted(o for o in takes_value if o.startswith("--")))
+                search.error(f"unknown option {name} (options: {options}; an exclude is written -word)")
+            name = matches[0]
+            word = name + word[len(word.split("=", 1)[0]) :]
+        if name in takes_value:
             flags.append(word)
-            if word in takes_value and i + 1 < len(argv):
+            if takes_value[name] and "=" not in word and i + 1 < len(argv):
                 flags.append(argv[i + 1])
                 i += 1
         else:
@@ -52,7 +71,8 @@ def _query_words_not_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(_query_words_not_flags(argv))
+    parser = build_parser()
+    args = parser.parse_args(_query_words_not_flags(parser, argv))
     tune_malloc()  # before any decode or model thread exists
     try:
         return int(args.func(args) or 0)
