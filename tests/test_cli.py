@@ -57,6 +57,25 @@ def test_bad_file_is_skipped_and_reported(tmp_path):
     assert "report.jpg" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_folder_stands_for_every_image_under_it(tmp_path):
+    import shutil
+
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    shutil.copy(CAT, tmp_path / "photos" / "sub" / "cat.jpg")
+    shutil.copy(ASTRONAUT, tmp_path / "photos" / "astronaut.JPG")
+    (tmp_path / "photos" / "notes.txt").write_text("not a photo")
+    (tmp_path / "empty").mkdir()
+    proc = run("predict", "--json", CAT, str(tmp_path / "photos"), str(tmp_path / "empty"))
+    assert proc.returncode == 1, proc.stderr  # the empty folder counts as a failed input
+    images = [r["image"] for r in json.loads(proc.stdout)]
+    assert images == [
+        CAT,
+        str(tmp_path / "photos" / "astronaut.JPG"),
+        str(tmp_path / "photos" / "sub" / "cat.jpg"),
+    ]
+    assert "empty: a folder with no images in it" in proc.stderr and "1 of 4 images failed" in proc.stderr
+
+
 def test_unknown_checkpoint_is_one_line_error():
     proc = run("predict", "--checkpoint", "./no/such/dir", CAT)
     assert proc.returncode == 2

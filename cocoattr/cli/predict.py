@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from cocoattr.cli.arguments import add_checkpoint, add_device, probability, save_every_from_env, writable_file
 from cocoattr.errors import UserError, notice
@@ -35,6 +36,22 @@ def _print_prediction(path: str, probs: dict[str, float], objects: list[dict] | 
         print(f"  [{object_label(o['category'], o['detector_category'], o['score'])}]  box {box}  {top}")
 
 
+def _image_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """(files to predict, in the order given; folders with no image). A folder stands for every
+    image under it (recursive, sorted, as `index build --images` walks it)."""
+    from cocoattr.images import list_images
+
+    paths, empty = [], []
+    for item in inputs:
+        if not Path(item).is_dir():
+            paths.append(item)  # a file, or a bad path the predictor reports in turn
+        elif found := list_images(item):
+            paths += [str(p) for p in found]
+        else:
+            empty.append(item)
+    return paths, empty
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from cocoattr.predictor import Predictor
 
@@ -43,10 +60,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError("this checkpoint has no object detector; --objects needs one (the default has it)")
     names = predictor.attributes
     results, failed = [], 0
+    paths, empty = _image_paths(args.images)
+    for folder in empty:
+        failed += 1
+        print(f"cocoattr: skipped {folder}: a folder with no images in it", file=sys.stderr)
     if args.objects:
-        found = _with_objects(predictor, args.images, args.min_score)
+        found = _with_objects(predictor, paths, args.min_score)
     else:
-        found = predictor.predict_files(args.images)
+        found = predictor.predict_files(paths)
     for path, result in found:
         if isinstance(result, UserError):
             failed += 1
@@ -190,7 +211,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """`predict` and `evaluate`."""
     p = sub.add_parser("predict", help="attribute probabilities for images")
     add_checkpoint(p)
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders (every image under one)")
     p.add_argument("--top-k", type=int, default=10, help="rows per image in the table (default 10)")
     p.add_argument("--json", action="store_true", help="print every attribute's probability as JSON")
     p.add_argument("--batch-size", type=int, default=16)
