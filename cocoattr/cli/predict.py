@@ -53,6 +53,8 @@ def _image_paths(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from cocoattr.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size, device=args.device)
@@ -68,10 +70,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         found = _with_objects(predictor, paths, args.min_score)
     else:
         found = predictor.predict_files(paths)
+    # JSON comes at the end, so a long run shows a bar meanwhile; the table is its own progress
+    bar = tqdm(total=len(paths), unit="img", desc="predicting", file=sys.stderr, leave=False,
+               disable=not args.json or len(paths) < 2)  # fmt: skip
     for path, result in found:
+        bar.update(1)
         if isinstance(result, UserError):
             failed += 1
-            print(f"cocoattr: skipped {result}", file=sys.stderr)
+            bar.write(f"cocoattr: skipped {result}", file=sys.stderr)
             continue
         probs = {n: round(float(p), 5) for n, p in zip(names, result.probs, strict=True)}
         record = {"image": path, "attributes": probs}
@@ -82,6 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not args.json:
             _print_prediction(path, probs, record.get("objects"), args.top_k, args.min_score)
         results.append(record)
+    bar.close()
     if args.json:
         json.dump(results, sys.stdout, indent=1)
         print()
