@@ -100,7 +100,11 @@ def test_predict_batch_skips_each_bad_file_and_keeps_the_good_ones(zoo, tmp_path
     assert all(0.0 <= p <= 1.0 for r in rows for p in r["attributes"].values())
     skipped = [ln for ln in proc.stderr.splitlines() if ln.startswith("cocoattr: skipped")]
     assert len(skipped) == len(BAD) + 2, proc.stderr
-    for name, fragment in {**BAD, "a_folder.jpg": "a folder with no images", "missing.jpg": "no such file"}.items():
+    for name, fragment in {
+        **BAD,
+        "a_folder.jpg": "a folder with no images",
+        "missing.jpg": "no such file",
+    }.items():
         line = next((ln for ln in skipped if name in ln), None)
         assert line is not None and fragment in line, (name, proc.stderr)
     assert f"{len(BAD) + 2} of {len(files)} images failed" in proc.stderr
