@@ -88,3 +88,26 @@ def test_modules_and_functions_stay_small():
                 long_functions[f"{rel}:{name}"] = n
     assert not too_long, too_long
     assert set(long_functions) <= set(LONG_FUNCTIONS), long_functions
+
+
+def test_the_built_wheel_holds_every_module_and_data_file(tmp_path):
+    """`pip install cocoattr` must give a working `cocoattr` command: every tracked file of the
+    package (subpackages such as cli and ui, the vocabularies, the gallery) goes into the wheel.
+    Built from a copy of the tracked files, so the checkout gets no build/ folder."""
+    import shutil
+    import zipfile
+
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    tracked = [f for f in listed.stdout.splitlines() if (ROOT / f).is_file()]
+    source = tmp_path / "source"
+    for f in tracked:
+        (source / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, source / f)
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+             "--wheel-dir", str(tmp_path), str(source)]  # fmt: skip
+    proc = subprocess.run(build, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("cocoattr-*.whl")
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    missing = [f for f in tracked if f.startswith("cocoattr/") and f not in inside]
+    assert not missing, f"left out of the wheel: {missing[:8]}"

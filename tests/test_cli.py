@@ -122,6 +122,13 @@ def test_predict_objects_without_a_detector_is_one_line(tmp_path, random_model, 
     assert main(["predict", "--checkpoint", str(folder), "--json", ASTRONAUT]) == 0, "fine without --objects"
 
 
+def test_version_is_the_projects(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"cocoattr {version}"
+
+
 def test_download_help_lists_every_resource(capsys):
     from cocoattr.cli import build_parser
     from cocoattr.data.resources import RESOURCES

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cocoattr import __version__
 from cocoattr.allocator import tune_malloc
 from cocoattr.cli import checkpoint, data, index, predict
 from cocoattr.cli.arguments import probability, writable_file, writable_folder
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cocoattr", description="Visual attributes: predict, search, train."
     )
+    parser.add_argument("--version", action="version", version=f"cocoattr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     predict.add_commands(sub)
     checkpoint.add_commands(sub)
