@@ -12,7 +12,7 @@ features (attention-pooled and mean-pooled evidence):
   gallery knows well gets its own. Written to `cocoattr/vocab/default_calibration.json` with
   `--write`, together with the held-out figures the model card quotes.
 
-The gallery is small (36 photos), so every figure that matters is k-fold by image: fitted on
+The gallery is small (46 photos), so every figure that matters is k-fold by image: fitted on
 the other photos, scored on the held-out ones. In-sample figures are printed beside them to
 show the gap.
 
