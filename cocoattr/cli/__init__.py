@@ -50,7 +50,7 @@ def _query_words_not_flags(parser: argparse.ArgumentParser, argv: list[str]) -> 
     flags, words, i = [], [], 1
     while i < len(argv):
         word = argv[i]
-        name = word.split("=", 1)[0]
+        name, eq, value = word.partition("=")
         if name.startswith("--") and name not in takes_value:
             matches = [o for o in takes_value if o.startswith(name)]
             if len(matches) > 1:
@@ -59,10 +59,9 @@ def _query_words_not_flags(parser: argparse.ArgumentParser, argv: list[str]) -> 
                 options = ", ".join(sorted(o for o in takes_value if o.startswith("--")))
                 search.error(f"unknown option {name} (options: {options}; an exclude is written -word)")
             name = matches[0]
-            word = name + word[len(word.split("=", 1)[0]) :]
         if name in takes_value:
-            flags.append(word)
-            if takes_value[name] and "=" not in word and i + 1 < len(argv):
+            flags.append(name + eq + value)
+            if takes_value[name] and not eq and i + 1 < len(argv):
                 flags.append(argv[i + 1])
                 i += 1
         else:
